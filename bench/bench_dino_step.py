@@ -1,0 +1,141 @@
+"""Throughput of a full DINO training step, data path included, as JSON.
+
+One step = random crops (2 global + 4 local) cut on the device from decoded waveforms in
+memory → augmentation (reverb / noise) → fbank → student on 6 crops, teacher on 2 →
+DINO loss → backward → gradient clipping → SGD → teacher EMA. This is cdino's own
+``DinoMethod.training_step`` and the trainer's optimiser path, not a re-implementation.
+
+Two variants are timed in the same run: ``eager_fp32`` (plain) and ``bf16`` (autocast;
+plus channels-last / TF32 where they apply). On CUDA the fraction of the card's bf16
+peak is reported from ~50.1 GFLOP per utterance (ECAPA-512, 2×300 + 4×200 frames).
+
+    python bench/bench_dino_step.py                 # CUDA when present, else a small CPU run
+    python bench/bench_dino_step.py --device cpu --batch 8 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cdino.config import load_config
+from cdino.frontend.augment import AugmentBanks
+from cdino.frontend.crop import random_crops
+from cdino.methods.base import FeatureFrontend, MethodContext
+from cdino.methods.dino import DinoMethod
+from cdino.train.trainer import TrainConfig
+
+GFLOP_PER_UTT = 50.1  # ECAPA-512 forward+backward on 2x300 + 4x200 frames (DESIGN.md section 4)
+# Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts). DESIGN.md's
+# "physical limit" uses 790 TFLOP/s as the attainable figure; both fractions are printed.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+DESIGN_REFERENCE_TFLOPS = 790.0
+
+
+class _FakeStore:
+    utts = ["x"]
+
+    def __len__(self):
+        return 1
+
+
+def build(device: torch.device, encoder: str, out_dim: int, batch: int):
+    cfg = load_config(TrainConfig, {"encoder": {"name": encoder},
+                                    "trainer": {"epochs": 10, "global_batch": batch},
+                                    "dino": {"out_dim": out_dim}})
+    frontend = FeatureFrontend(cfg.fbank, cfg.augment, AugmentBanks.simulated(seed=0).to(device)).to(device)
+    ctx = MethodContext(cfg=cfg, device=device, rank=0, world_size=1, store=_FakeStore(), data=None,
+                        out_dir=Path("."), frontend=frontend)
+    method = DinoMethod()
+    method.setup(ctx)
+    method.steps_per_epoch_value = 1000
+    method.student.to(device).train()
+    params = [p for p in method.student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    return cfg, method, opt, params
+
+
+def run(device: torch.device, bf16: bool, batch: int, steps: int, warmup: int, encoder: str,
+        out_dim: int, wave_seconds: float = 8.0) -> dict:
+    torch.manual_seed(0)
+    cfg, method, opt, params = build(device, encoder, out_dim, batch)
+    sr = 16000
+    bank = torch.randn(max(256, batch), int(wave_seconds * sr), device=device) * 0.1
+    lengths = torch.full((bank.shape[0],), bank.shape[1], device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    gs, ls = int(cfg.dino.global_seconds * sr), int(cfg.dino.local_seconds * sr)
+
+    def step(i: int):
+        idx = torch.randint(0, bank.shape[0], (batch,), device=device, generator=g)
+        w, n = bank[idx], lengths[idx]
+        batch_d = {"global": random_crops(w, n, gs, cfg.dino.n_global, generator=g),
+                   "local": random_crops(w, n, ls, cfg.dino.n_local, generator=g)}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = method.training_step(method.student, batch_d, i, 1, g)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        method.after_optimizer_step(i, 1)
+
+    for i in range(warmup):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    ups = batch * steps / dt
+    out = {"utt_per_s": ups, "step_ms": 1000 * dt / steps, "batch": batch, "steps": steps}
+    if device.type == "cuda":
+        out["max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--encoder", default="ecapa_tdnn")
+    ap.add_argument("--out-dim", type=int, default=65536)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (128 if cuda else 4)
+    steps = args.steps or (20 if cuda else 2)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    res = {"bench": "dino_step", "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+           "torch": torch.__version__, "encoder": args.encoder, "out_dim": args.out_dim,
+           "crops": "2x3s global + 4x2s local, on-device crop+augment+fbank", "threads": torch.get_num_threads()}
+    res["eager_fp32"] = run(device, False, batch, steps, warmup, args.encoder, args.out_dim)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        res["bf16"] = run(device, True, batch, steps, warmup, args.encoder, args.out_dim)
+        res["speedup_bf16_vs_eager_fp32"] = res["bf16"]["utt_per_s"] / res["eager_fp32"]["utt_per_s"]
+        name = res["device"]
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        if peak and args.encoder == "ecapa_tdnn":
+            res["bf16_peak_tflops"] = peak
+            res["fraction_of_bf16_peak"] = res["bf16"]["utt_per_s"] * GFLOP_PER_UTT / (peak * 1000)
+            res["fraction_of_790_tflops"] = res["bf16"]["utt_per_s"] * GFLOP_PER_UTT / (DESIGN_REFERENCE_TFLOPS * 1000)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""cdino: self-supervised speaker verification without speaker labels.
+
+DINO → Cluster-Aware DINO → iterative pseudo-label training with a dynamic loss-gate and
+label correction (DLG-LC), audio-only or audio-visual, evaluated after every stage.
+"""
+
+__version__ = "0.1.0"
+
+
+def load_model(path):
+    """Load a model folder; see :func:`cdino.api.load_model`."""
+    from cdino.api import load_model as _load
+
+    return _load(path)
+
+
+__all__ = ["__version__", "load_model"]

@@ -1,0 +1,492 @@
+"""Model folders and the user API: load a trained speaker model, embed, score, verify, export.
+
+    model = cdino.load_model("exp/model")
+    e = model.embed("a.wav")                       # float32 (D,), not normalised
+    s = model.score("a.wav", "b.wav")              # cosine after subtracting the training mean
+    score, same = model.verify("a.wav", "b.wav")   # same = score >= model.threshold
+
+A model folder (see ``docs/model_folder.md``) holds ``config.yaml`` (format version,
+encoder and fbank settings, threshold and how it was set), ``encoder.safetensors``
+(weights, loaded without executing code) and ``mean.npy`` (training mean embedding).
+This module also holds the functions behind ``cdino eval|verify|embed|export``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from cdino import __version__
+from cdino.config import from_dict, to_dict
+from cdino.data.audio import load_audio, resample
+from cdino.data.kaldi_dir import DataDir, read_trials
+from cdino.errors import ConfigError, DataError, ModelFormatError
+from cdino.eval.embed import (DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, embed_waves,
+                              extract_embeddings, load_embeddings)
+from cdino.eval.verification import ASNormConfig, score_trials
+from cdino.frontend.fbank import Fbank, FbankConfig
+from cdino.metrics import eer, min_dcf
+from cdino.models.registry import EncoderConfig, build_encoder
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "encoder.safetensors"
+MEAN_FILE = "mean.npy"
+
+PathLike = str | os.PathLike
+Audio = PathLike | np.ndarray | torch.Tensor
+
+
+@dataclass
+class ModelFolderConfig:
+    """``config.yaml`` of a model folder."""
+
+    format_version: int = FORMAT_VERSION  # layout version of the folder; this cdino reads 1
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the speaker encoder (resolved sizes)
+    fbank: FbankConfig = field(default_factory=FbankConfig)  # feature settings the encoder was trained with
+    threshold: float = 0.0  # cosine score at or above which two recordings are the same speaker
+    threshold_source: str = ""  # how the threshold was set (never from test labels)
+    embed_dim: int = 0  # size D of the embeddings
+    info: dict[str, Any] = field(default_factory=dict)  # free notes: method, stage, created, cdino version
+
+
+# ---------------------------------------------------------------------------
+# writing
+
+
+def _encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's weights as independent contiguous CPU tensors (safetensors refuses shared ones)."""
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
+
+
+def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderConfig,
+                      fbank_cfg: FbankConfig, mean: np.ndarray, threshold: float,
+                      threshold_source: str, info: dict | None = None) -> Path:
+    """Write a model folder atomically (a complete folder or none at ``path``); returns ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    mean = np.asarray(mean, dtype=np.float32)
+    embed_dim = int(getattr(encoder, "embed_dim", 0) or mean.shape[-1])
+    if mean.shape != (embed_dim,) or not np.isfinite(mean).all():
+        raise ValueError(f"mean must be a finite ({embed_dim},) vector, got shape {mean.shape}")
+    if not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    resolved = encoder_cfg.resolved() if hasattr(encoder_cfg, "resolved") else encoder_cfg
+    notes = {"cdino_version": __version__,
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    notes.update(info or {})
+    config = ModelFolderConfig(format_version=FORMAT_VERSION, encoder=resolved, fbank=fbank_cfg,
+                               threshold=float(threshold), threshold_source=str(threshold_source),
+                               embed_dim=embed_dim, info=notes)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
+    try:
+        text = yaml.safe_dump(to_dict(config), sort_keys=False)
+        (tmp / CONFIG_FILE).write_text(text)
+        save_file(_encoder_state(encoder), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        with open(tmp / MEAN_FILE, "wb") as f:
+            np.save(f, mean, allow_pickle=False)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+
+def read_model_config(path: PathLike) -> ModelFolderConfig:
+    """Read and check a model folder's ``config.yaml`` (version first, then keys strictly)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelFormatError(f"{folder}: model folder not found")
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelFormatError(f"{cfg_path}: missing (not a cdino model folder?)")
+    try:
+        data = yaml.safe_load(cfg_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelFormatError(f"{cfg_path}: not readable YAML ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{cfg_path}: expected a mapping at the top")
+    version = data.get("format_version")
+    if version is None:
+        raise ModelFormatError(f"{cfg_path}: format_version missing (not a cdino model folder?)")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(f"{cfg_path}: format_version {version} is not supported "
+                               f"(this cdino reads {FORMAT_VERSION})")
+    return from_dict(ModelFolderConfig, data, where=str(cfg_path))
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        reason = " ".join(str(exc).split())[:120]
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({reason})") from None
+
+
+def _load_state(encoder: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first '{unexpected[0]}')")
+        raise ModelFormatError(f"{path}: weights do not fit the encoder in config.yaml: "
+                               + ", ".join(parts))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ModelFormatError(f"{path}: weight '{k}' has shape {tuple(state[k].shape)}, "
+                                   f"the encoder in config.yaml expects {tuple(v.shape)}")
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            raise ModelFormatError(f"{path}: weight '{k}' holds NaN or infinite values")
+    encoder.load_state_dict(state, strict=True)
+
+
+def _load_mean(path: Path, embed_dim: int) -> np.ndarray:
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing")
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not a readable .npy array ({exc})") from None
+    if mean.shape != (embed_dim,) or not np.isfinite(mean).all():
+        raise ModelFormatError(f"{path}: expected a finite ({embed_dim},) vector, got shape {mean.shape}")
+    return mean.astype(np.float32)
+
+
+def load_model(path: PathLike, device: str | torch.device = "cpu",
+               optimize: bool = False) -> "SpeakerModel":
+    """Load a model folder (see ``docs/model_folder.md``); weights are read without running code.
+
+    ``optimize`` swaps in :func:`cdino.models.inference.optimize_for_inference` (BatchNorm
+    folded, TorchScript-frozen): faster, embeddings equal up to float rounding.
+    """
+    folder = Path(path)
+    config = read_model_config(folder)
+    try:
+        encoder = build_encoder(config.encoder)
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / CONFIG_FILE}: encoder: {exc}") from None
+    embed_dim = int(getattr(encoder, "embed_dim", config.embed_dim))
+    if config.embed_dim != embed_dim:
+        raise ModelFormatError(f"{folder / CONFIG_FILE}: embed_dim {config.embed_dim} does not match "
+                               f"the encoder's {embed_dim}")
+    weights = folder / WEIGHTS_FILE
+    _load_state(encoder, _load_weights(weights), weights)
+    mean = _load_mean(folder / MEAN_FILE, embed_dim)
+    if not math.isfinite(config.threshold):
+        raise ModelFormatError(f"{folder / CONFIG_FILE}: threshold must be a finite number")
+    encoder = encoder.to(torch.device(device)).eval()
+    if optimize:
+        from cdino.models.inference import optimize_for_inference
+
+        encoder = optimize_for_inference(encoder, n_mels=config.encoder.n_mels)
+    return SpeakerModel(encoder, config, mean, device=device, path=folder)
+
+
+# ---------------------------------------------------------------------------
+# the model
+
+
+class SpeakerModel:
+    """A trained speaker-embedding extractor with its fbank front end, mean and threshold.
+
+    Attributes: ``encoder`` (eval mode), ``fbank``, ``mean`` (float32 (D,)), ``threshold``,
+    ``threshold_source``, ``embed_dim``, ``device``, ``config`` (:class:`ModelFolderConfig`).
+    """
+
+    def __init__(self, encoder: nn.Module, config: ModelFolderConfig, mean: np.ndarray,
+                 device: str | torch.device = "cpu", path: Path | None = None) -> None:
+        self.device = torch.device(device)
+        self.config = config
+        self.encoder = encoder.to(self.device).eval()
+        self.fbank = Fbank(config.fbank).to(self.device).eval()
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.threshold = float(config.threshold)
+        self.threshold_source = config.threshold_source
+        self.embed_dim = int(config.embed_dim)
+        self.sample_rate = int(config.fbank.sample_rate)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return (f"SpeakerModel({self.config.encoder.name}, {self.embed_dim}-d, "
+                f"threshold={self.threshold:.4f}, device={self.device})")
+
+    # -- audio in ----------------------------------------------------------
+
+    def _wave(self, audio: Audio, sample_rate: int | None) -> np.ndarray:
+        """A 1-D float32 wave at the model's rate from a path, or an array at ``sample_rate``."""
+        if isinstance(audio, (str, os.PathLike)):
+            return load_audio(audio, self.sample_rate)
+        if sample_rate is None:
+            raise ValueError("sample_rate is required when audio is an array "
+                             "(e.g. model.embed(wave, sample_rate=16000))")
+        wave = audio.detach().float().cpu().numpy() if torch.is_tensor(audio) \
+            else np.asarray(audio, dtype=np.float32)
+        if wave.ndim != 1:
+            raise ValueError(f"audio must be a 1-D (mono) waveform, got shape {wave.shape}")
+        if not np.isfinite(wave).all():
+            raise ValueError("audio holds NaN or infinite samples")
+        return resample(np.ascontiguousarray(wave, dtype=np.float32), int(sample_rate), self.sample_rate)
+
+    def features(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Fbank features ``(1, T, n_mels)`` of a 1-D wave at the model's sample rate."""
+        w = torch.as_tensor(np.asarray(wave, dtype=np.float32)) if not torch.is_tensor(wave) else wave.float()
+        if w.dim() != 1:
+            raise ValueError(f"wave must be 1-D, got shape {tuple(w.shape)}")
+        with torch.inference_mode():
+            return self.fbank(w.to(self.device)[None])
+
+    # -- embeddings --------------------------------------------------------
+
+    def embed(self, audio: Audio, sample_rate: int | None = None) -> np.ndarray:
+        """Speaker embedding, float32 ``(D,)``, not normalised.
+
+        ``audio`` is a file path (read and resampled to 16 kHz; ``sample_rate`` is then
+        ignored) or a 1-D waveform array at ``sample_rate`` Hz (required; resampled with
+        soxr when it differs from 16 kHz).
+        """
+        wave = self._wave(audio, sample_rate)
+        emb = embed_waves(self.encoder, self.fbank, [wave], self.device)
+        return emb[0].cpu().numpy().astype(np.float32)
+
+    def embed_batch(self, waves: Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
+        """Embeddings ``(N, D)`` float32 of paths or 1-D arrays (arrays at ``sample_rate``,
+        16 kHz when not given). Equal-length inputs run as one batch; results equal
+        :meth:`embed` of each input."""
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        loaded = [self._wave(w, rate) for w in waves]
+        if not loaded:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        emb = embed_waves(self.encoder, self.fbank, loaded, self.device)
+        return emb.cpu().numpy().astype(np.float32)
+
+    # -- scoring -----------------------------------------------------------
+
+    def _as_embedding(self, x: Audio) -> np.ndarray:
+        if isinstance(x, (str, os.PathLike)):
+            return self.embed(x).astype(np.float64)
+        arr = x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+        if arr.ndim == 1 and arr.shape[0] == self.embed_dim:
+            return arr.astype(np.float64)  # an embedding (far too short to be audio)
+        return self.embed(arr, self.sample_rate).astype(np.float64)
+
+    def score(self, a: Audio, b: Audio) -> float:
+        """Cosine similarity of two recordings after subtracting the training mean embedding.
+
+        ``a`` and ``b`` are each a path, a 1-D 16 kHz waveform, or an embedding (a 1-D array of
+        length D). Scores lie in [-1, 1] and match ``cdino eval``'s scoring.
+        """
+        ea = self._as_embedding(a) - self.mean
+        eb = self._as_embedding(b) - self.mean
+        denom = max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12)
+        return float(np.clip(np.dot(ea, eb) / denom, -1.0, 1.0))
+
+    def verify(self, a: Audio, b: Audio) -> tuple[float, bool]:
+        """``(score, same_speaker)``: same when the score reaches :attr:`threshold`."""
+        s = self.score(a, b)
+        return s, s >= self.threshold
+
+    def with_threshold(self, threshold: float) -> "SpeakerModel":
+        """A copy (sharing the encoder) that decides with another threshold."""
+        t = float(threshold)
+        if not math.isfinite(t):
+            raise ValueError(f"threshold must be finite, got {threshold}")
+        other = copy.copy(self)
+        other.threshold = t
+        other.threshold_source = f"set by the user ({t:g})"
+        return other
+
+
+# ---------------------------------------------------------------------------
+# ONNX export
+
+
+def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> tuple[Path, float]:
+    import onnxruntime as ort
+
+    model = load_model(model_dir, device="cpu")
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    n_mels = int(model.config.encoder.n_mels)
+    example = torch.randn(2, 200, n_mels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(model.encoder, (example,), str(tmp), input_names=["feats"],
+                              output_names=["embs"], opset_version=opset, dynamo=False,
+                              dynamic_axes={"feats": {0: "batch", 1: "frames"},
+                                            "embs": {0: "batch"}})
+    try:
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        gen = torch.Generator().manual_seed(0)
+        worst = 1.0
+        for batch, frames in ((3, 237), (1, 150)):
+            feats = torch.randn(batch, frames, n_mels, generator=gen)
+            with torch.inference_mode():
+                ref = model.encoder(feats).double().numpy()
+            got = session.run(["embs"], {"feats": feats.numpy()})[0].astype(np.float64)
+            cos = (ref * got).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
+            worst = min(worst, float(cos.min()))
+        if not worst >= 0.9999:
+            raise ModelFormatError(f"{onnx_path}: ONNX Runtime embeddings differ from PyTorch's "
+                                   f"(cosine {worst:.6f} < 0.9999); nothing written")
+        os.replace(tmp, onnx_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return onnx_path, worst
+
+
+def export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> Path:
+    """Export the encoder to ONNX: input ``feats`` (batch, frames, 80) fbank, output ``embs``
+    (batch, dim), dynamic batch and frames. ONNX Runtime's output is checked against
+    PyTorch's on random input; cosine below 0.9999 raises :class:`ModelFormatError`."""
+    return _export_onnx(model_dir, onnx_path, opset)[0]
+
+
+# ---------------------------------------------------------------------------
+# command-line verbs
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _batch_frames(model: SpeakerModel, batch_seconds: float) -> int:
+    return max(1, int(batch_seconds * 1000.0 / model.config.fbank.frame_shift_ms))
+
+
+def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, json_out: PathLike,
+             scores_out: PathLike | None = None, plots_dir: PathLike | None = None,
+             asnorm_top_n: int | None = None, cohort: PathLike | None = None,
+             device: str = "cpu", batch_seconds: float = DEFAULT_BATCH_FRAMES / 100,
+             progress: bool = True, optimize: bool = False) -> dict:
+    """``cdino eval``: embed the trial utterances whole, score by cosine after subtracting the
+    model's training mean (optionally AS-norm against ``cohort``, an embeddings folder),
+    print EER and minDCF, write them (as fractions) to ``json_out``.
+
+    ``optimize`` (off by default, so the scores equal those of the eager encoder that the
+    recipe evaluates) uses the faster inference rewrite of the encoder."""
+    if asnorm_top_n is not None and cohort is None:
+        raise ConfigError("AS-norm needs a cohort: an embeddings folder of unlabelled training "
+                          "utterances (cdino embed)")
+    data = DataDir.load(data_dir)
+    trials = read_trials(trials_path)
+    trials.check_utts(set(data.utts), data_dir)  # before any embedding work
+    model = load_model(model_dir, device=device, optimize=optimize)
+    needed = set(trials.enroll) | set(trials.test)
+    utts = [u for u in data.utts if u in needed]
+    utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
+                                   batch_frames=_batch_frames(model, batch_seconds),
+                                   progress=progress)
+    utt_index = {u: i for i, u in enumerate(utts)}
+    asnorm = cohort_emb = None
+    if asnorm_top_n is not None:
+        asnorm = ASNormConfig(top_n=int(asnorm_top_n))
+        cohort_emb = load_embeddings(cohort)[1]
+        if cohort_emb.shape[1] != emb.shape[1]:
+            raise DataError(f"{cohort}: cohort embeddings are {cohort_emb.shape[1]}-d, "
+                            f"the model's are {emb.shape[1]}-d")
+    scores = np.asarray(score_trials(emb, utt_index, trials, mean=model.mean, asnorm=asnorm,
+                                     cohort=cohort_emb), dtype=np.float64)
+    labels = np.asarray(trials.labels)
+    result = {"eer": float(eer(scores, labels)),
+              "mindcf_0.01": float(min_dcf(scores, labels, 0.01)),
+              "mindcf_0.05": float(min_dcf(scores, labels, 0.05)),
+              "n_trials": int(len(scores))}
+    print(f"EER {100 * result['eer']:.2f} %  minDCF(0.01) {result['mindcf_0.01']:.3f}  "
+          f"minDCF(0.05) {result['mindcf_0.05']:.3f}  ({result['n_trials']} trials)")
+    _atomic_write(Path(json_out), json.dumps(result, indent=2) + "\n")
+    if scores_out is not None:
+        lines = "".join(f"{e} {t} {s:.6f}\n" for e, t, s in zip(trials.enroll, trials.test, scores))
+        _atomic_write(Path(scores_out), lines)
+    if plots_dir is not None:
+        from cdino.eval.plots import plot_det, plot_score_histogram
+
+        plots = Path(plots_dir)
+        plots.mkdir(parents=True, exist_ok=True)
+        name = Path(model_dir).name or "model"
+        plot_det({name: (scores, labels)}, plots / "det.png")
+        plot_score_histogram(scores, labels, plots / "scores.png",
+                             title=f"{name}: EER {100 * result['eer']:.2f} %")
+    return result
+
+
+def run_verify(model_dir: PathLike, a: PathLike, b: PathLike, threshold: float | None = None,
+               device: str = "cpu", optimize: bool = True) -> str:
+    """``cdino verify``: print and return ``score=<f> threshold=<f> decision=same|different``."""
+    model = load_model(model_dir, device=device, optimize=optimize)
+    if threshold is not None:
+        model = model.with_threshold(threshold)
+    score, same = model.verify(a, b)
+    line = f"score={score:.6f} threshold={model.threshold:.6f} decision={'same' if same else 'different'}"
+    print(line)
+    return line
+
+
+def run_embed(model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, device: str = "cpu",
+              batch_seconds: float = DEFAULT_BATCH_FRAMES / 100, shard_size: int = DEFAULT_SHARD_SIZE,
+              skip_bad: bool = True, rank: int = 0, world_size: int = 1,
+              progress: bool = True, optimize: bool = True) -> dict:
+    """``cdino embed``: full-utterance embeddings of a data folder into ``out_dir``
+    (``embeddings.npy`` + ``utts.txt``; resumable). Returns a summary."""
+    from cdino.data.audio import SkippedFiles
+
+    model = load_model(model_dir, device=device, optimize=optimize)
+    skipped = SkippedFiles()
+    utts, emb = extract_embeddings(model.encoder, model.fbank, data_dir, out_dir=out_dir,
+                                   device=model.device, batch_frames=_batch_frames(model, batch_seconds),
+                                   shard_size=shard_size, rank=rank, world_size=world_size,
+                                   progress=progress, skipped=skipped, skip_bad=skip_bad)
+    summary = {"out": str(out_dir), "n_utts": len(utts), "embed_dim": model.embed_dim,
+               "skipped": skipped.count}
+    where = "embeddings.npy + utts.txt" if world_size == 1 else f"shards of rank {rank}"
+    print(f"wrote {len(utts)} embeddings ({model.embed_dim}-d) to {out_dir} ({where}); "
+          f"{skipped.summary()}")
+    return summary
+
+
+def run_export(model_dir: PathLike, onnx: PathLike, opset: int = 17) -> Path:
+    """``cdino export``: write the ONNX encoder and print the parity check."""
+    path, cos = _export_onnx(model_dir, onnx, opset)
+    model_cfg = read_model_config(model_dir)
+    print(f"wrote {path}: input feats (batch, frames, {model_cfg.encoder.n_mels}) fbank, output embs "
+          f"(batch, {model_cfg.embed_dim}); ONNX Runtime vs PyTorch cosine {cos:.6f}")
+    return path

@@ -1,0 +1,708 @@
+"""The built-in simulated multi-speaker corpus.
+
+No real corpus can be downloaded, so cdino synthesises one: espeak-ng speakers, each
+with an accent, a voice variant with its own formants, pitch, speaking rate, vocal-tract
+length and voice quality, recorded in several sessions; each session is a channel
+(band limits, equaliser, room reverberation, additive noise, gain). A simulated
+"face embedding" per utterance stands in for the visual modality.
+
+    cfg = SynthConfig.preset("quick")
+    summary = synthesize("data/sim", cfg)
+
+Layout (a contract other modules rely on)::
+
+    DIR/corpus.json                      config + summary (written last)
+    DIR/train/  DIR/test/                data folders, disjoint speakers:
+        wav.scp                          utt wav/spk0001/sess2_utt03.wav (relative)
+        utt2spk  spk2utt
+        visual.npy  visual_utts.txt      (n, visual_dim) float32 rows and their utts
+        wav/spk0001/sess2_utt03.wav      16 kHz 16-bit PCM
+    DIR/test/trials                      enroll test target|nontarget
+
+Everything is drawn from random generators seeded by ``(seed, speaker, session,
+utterance)``, so a seed gives the same files bit for bit whatever ``workers`` is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from scipy import signal
+
+from cdino.config import to_dict
+from cdino.corpus import espeak
+from cdino.errors import ConfigError
+
+SAMPLE_RATE = 16000
+FORMAT_VERSION = 1
+
+# Streams of the seed tree: SeedSequence([seed, STREAM, ...]).
+_SPEAKER, _SESSION, _UTTERANCE, _FACE_ID, _FACE_SESSION, _FACE_UTT, _TRIALS, _POSE = range(8)
+
+
+@dataclass
+class SynthConfig:
+    """Size and difficulty of the simulated corpus."""
+
+    n_train_speakers: int = 250  # speakers in DIR/train (used without labels)
+    n_test_speakers: int = 80  # speakers in DIR/test, disjoint from the training speakers
+    sessions_per_speaker: int = 4  # recording sessions (each its own channel) per speaker
+    utts_per_session: int = 5  # utterances per session
+    min_utt_seconds: float = 2.0  # shortest utterance
+    max_utt_seconds: float = 4.5  # longest utterance
+    visual_dim: int = 128  # dimension of the simulated face embedding
+    visual_missing: float = 0.15  # fraction of utterances without a face embedding
+    n_trials: int = 20000  # test trials, half target (cross-session), half non-target
+    snr_db: tuple[float, float] = (5.0, 30.0)  # range of a session's additive-noise SNR
+    reverb_prob: float = 0.7  # probability that a session is reverberant
+    rt60_s: tuple[float, float] = (0.15, 0.9)  # range of a reverberant session's RT60
+    telephone_prob: float = 0.25  # probability that a session is narrow-band telephone
+    eq_db: float = 6.0  # largest gain of a session's random equaliser bands
+    seed: int = 0  # seed of everything (speakers, texts, channels, trials)
+    workers: int = 0  # worker processes; 0 = os.cpu_count()
+
+    def validate(self) -> None:
+        for key in ("n_train_speakers", "sessions_per_speaker", "utts_per_session",
+                    "visual_dim", "n_trials"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        if self.n_test_speakers < 2:
+            raise ConfigError(f"n_test_speakers: need at least 2 for non-target trials, "
+                              f"got {self.n_test_speakers}")
+        if self.sessions_per_speaker < 2:
+            raise ConfigError("sessions_per_speaker: need at least 2 (target trials pair "
+                              f"different sessions), got {self.sessions_per_speaker}")
+        if not 0.5 <= self.min_utt_seconds <= self.max_utt_seconds:
+            raise ConfigError(f"min_utt_seconds/max_utt_seconds: need 0.5 <= min <= max, got "
+                              f"{self.min_utt_seconds}/{self.max_utt_seconds}")
+        if self.max_utt_seconds > 30:
+            raise ConfigError(f"max_utt_seconds: at most 30, got {self.max_utt_seconds}")
+        if not 0.0 <= self.visual_missing < 1.0:
+            raise ConfigError(f"visual_missing: must be in [0, 1), got {self.visual_missing}")
+        for key in ("reverb_prob", "telephone_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{key}: must be in [0, 1], got {getattr(self, key)}")
+        for key, low in (("snr_db", -10.0), ("rt60_s", 0.05)):
+            lo, hi = getattr(self, key)
+            if not low <= lo <= hi:
+                raise ConfigError(f"{key}: need {low} <= low <= high, got {[lo, hi]}")
+        if not 0.0 <= self.eq_db <= 20.0:
+            raise ConfigError(f"eq_db: must be in [0, 20], got {self.eq_db}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be non-negative, got {self.seed}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
+        if self.n_trials < 2:
+            raise ConfigError(f"n_trials: need at least 2, got {self.n_trials}")
+        available = self.n_test_speakers * self.utts_per_session ** 2 * (
+            self.sessions_per_speaker * (self.sessions_per_speaker - 1) // 2)
+        if self.n_trials // 2 > available:
+            raise ConfigError(f"n_trials: {self.n_trials} asks for {self.n_trials // 2} target "
+                              f"trials but the test set has only {available} cross-session pairs")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> SynthConfig:
+        """A named size: ``default`` (demo), ``quick`` (~30 s to make) or ``tiny`` (tests)."""
+        presets = {
+            "default": {},
+            "quick": dict(n_train_speakers=40, n_test_speakers=20, min_utt_seconds=1.5,
+                          max_utt_seconds=3.0, n_trials=4000),
+            "tiny": dict(n_train_speakers=6, n_test_speakers=4, sessions_per_speaker=2,
+                         utts_per_session=3, min_utt_seconds=0.8, max_utt_seconds=1.2,
+                         n_trials=40, workers=1),
+        }
+        if name not in presets:
+            raise ConfigError(f"unknown corpus preset '{name}' (known: {', '.join(presets)})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in overrides:
+            if key not in fields:
+                raise ConfigError(f"unknown config key '{key}' (known keys here: "
+                                  f"{', '.join(sorted(fields))})")
+        cfg = cls(**{**presets[name], **overrides})
+        cfg.validate()
+        return cfg
+
+
+# --------------------------------------------------------------------------- texts
+
+_NAMES = ("Anna Ben Clara David Emma Frank Grace Henry Iris Jack Kate Leo Maria Nick Olga "
+          "Peter Rosa Sam Tina Victor Walter Yusuf Zoe Martin Helen Oscar Julia Tom Lucy").split()
+_ADJECTIVES = ("old new small large quiet noisy bright dark warm cold heavy light quick slow "
+               "green yellow red blue brown clean empty full strange simple careful gentle "
+               "narrow wide tired happy busy early late golden wooden broken famous hidden "
+               "distant local rough smooth sharp soft fresh bitter sweet silver").split()
+_NOUNS = ("house garden river market window table letter morning evening station teacher "
+          "doctor kitchen bridge village forest mountain bottle basket ticket pocket camera "
+          "engine island island harbour library museum picture blanket candle carpet "
+          "chicken dinner farmer hammer ladder mirror needle orange pencil rabbit saddle "
+          "shadow silver sister summer tunnel valley wagon winter boat coat road field "
+          "stone cloud song story paper bread music water coffee office meeting problem "
+          "answer question report machine student company number weather journey").split()
+_VERBS_PAST = ("found opened carried painted cleaned watched followed borrowed dropped "
+               "moved pushed pulled sold bought built fixed lost kept left brought "
+               "found noticed visited described counted repaired covered checked").split()
+_VERBS_BASE = ("find open carry paint clean watch follow borrow move sell buy build fix "
+               "keep bring visit describe count repair cover check answer call finish").split()
+_PLACES = ("near the station", "behind the house", "across the river", "under the bridge",
+           "in the kitchen", "at the market", "by the window", "on the mountain",
+           "inside the museum", "along the road", "in the village", "next to the library")
+_TIMES = ("this morning", "last winter", "after dinner", "before the meeting", "on Sunday",
+          "every evening", "yesterday", "in the summer", "at noon", "next week",
+          "three days ago", "at half past seven")
+
+
+def _number_words(rng: np.random.Generator) -> str:
+    return str(int(rng.integers(2, 99)))
+
+
+def _clause(rng: np.random.Generator) -> str:
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    kind = int(rng.integers(7))
+    if kind == 0:
+        return f"the {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_VERBS_PAST)} the {pick(_NOUNS)}"
+    if kind == 1:
+        return f"{pick(_NAMES)} {pick(_VERBS_PAST)} a {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_PLACES)}"
+    if kind == 2:
+        return f"we should {pick(_VERBS_BASE)} the {pick(_NOUNS)} {pick(_TIMES)}"
+    if kind == 3:
+        return f"there were {_number_words(rng)} {pick(_NOUNS)}s {pick(_PLACES)}"
+    if kind == 4:
+        return f"did you {pick(_VERBS_BASE)} the {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_TIMES)}"
+    if kind == 5:
+        return f"{pick(_NAMES)} and {pick(_NAMES)} {pick(_VERBS_PAST)} the {pick(_NOUNS)} {pick(_TIMES)}"
+    return f"my {pick(_NOUNS)} is {pick(_ADJECTIVES)} but the {pick(_NOUNS)} is {pick(_ADJECTIVES)}"
+
+
+def make_sentence(rng: np.random.Generator, n_words: int) -> str:
+    """Random English text of about ``n_words`` words, in sentences, from templates."""
+    sentences, count = [], 0
+    while count < n_words:
+        parts = [_clause(rng)]
+        while count + sum(len(p.split()) for p in parts) < n_words and rng.random() < 0.4:
+            parts.append(_clause(rng))
+        joiner = (", and ", ", but ", " because ", ", then ")[int(rng.integers(4))]
+        text = joiner.join(parts)
+        end = "?" if text.startswith("did you") else "."
+        sentences.append(text[0].upper() + text[1:] + end)
+        count += len(text.split())
+    return " ".join(sentences)
+
+
+# --------------------------------------------------------------------------- speakers
+
+ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+           "en-gb-x-gbcwmd", "en-us-nyc")
+MALE_VARIANTS = tuple("m1 m2 m3 m4 m5 m6 m7 m8 Andy Lee Denis Diogo Henrique Hugo Marco "
+                      "antonio michel miguel sandro travis victor john norbert pablo pedro "
+                      "gustave ian grandpa paul quincy robert marcelo Michael Mario Mike ed "
+                      "max Storm Gene Alex".split())
+FEMALE_VARIANTS = tuple("f1 f2 f3 f4 f5 Alicia Andrea Annie anika belinda linda steph steph2 "
+                        "steph3 grandma aunty shelby".split())
+_VARIANT_KEYS = ("pitch", "formant", "flutter", "roughness", "breath", "name", "gender",
+                 "language", "klatt")
+
+
+@dataclass
+class Speaker:
+    """One simulated talker: the voice and how it is produced."""
+
+    spk: str
+    gender: str  # "m" or "f"
+    accent: str  # espeak-ng language voice
+    base_variant: str  # built-in variant the individual voice starts from
+    variant_text: str  # the speaker's own espeak-ng variant (formants, pitch, breath)
+    rate: float  # speaking rate, words per minute (before vocal-tract compensation)
+    pitch_range: float  # espeak-ng intonation range parameter, 0..100
+    vtl_alpha: float  # formant scaling from vocal-tract length (>1: shorter tract)
+    tilt_db: float  # high-shelf gain above ~1.5 kHz: spectral tilt of the voice
+    breath_db: float  # level of aspiration noise relative to the voice
+    tremolo_depth: float  # amplitude modulation depth
+    tremolo_hz: float
+    vibrato_depth: float  # relative frequency modulation (slow jitter)
+    vibrato_hz: float
+
+
+def _seq(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def _variant_text(rng: np.random.Generator, base: str, f0_low: float, f0_high: float,
+                  klatt: int) -> str:
+    """The speaker's own variant: the base variant with perturbed formants and pitch."""
+    formants = {k: [100.0, 100.0, 100.0] for k in range(9)}
+    lines = []
+    for line in espeak.read_variant(base).splitlines():
+        words = line.split()
+        if not words or words[0].startswith("//"):
+            continue
+        if words[0] == "formant" and len(words) >= 5:
+            try:
+                formants[int(words[1])] = [float(w) for w in words[2:5]]
+            except ValueError:
+                pass
+            continue
+        if words[0] in _VARIANT_KEYS:
+            continue
+        lines.append(line.strip())
+    out = ["language variant", "name cdino"]
+    out.append(f"pitch {int(round(f0_low))} {int(round(f0_high))}")
+    for k in range(9):
+        freq, height, width = formants[k]
+        if 1 <= k <= 5:
+            freq *= float(np.clip(1 + 0.045 * rng.standard_normal(), 0.88, 1.12))
+        height *= float(np.exp(0.15 * rng.standard_normal()))
+        width *= float(np.exp(0.15 * rng.standard_normal()))
+        out.append(f"formant {k} {int(round(freq))} {int(round(height))} {int(round(width))}")
+    if rng.random() < 0.35:
+        out.append("breath " + " ".join(str(int(v)) for v in rng.integers(0, 4, size=8)))
+    if klatt:
+        out.append(f"klatt {klatt}")
+    return "\n".join(out + lines) + "\n"
+
+
+def make_speaker(seed: int, index: int) -> Speaker:
+    """Speaker number ``index`` (1-based, global over train and test) of corpus ``seed``."""
+    rng = _seq(seed, _SPEAKER, index)
+    gender = "m" if rng.random() < 0.5 else "f"
+    accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+    variants = MALE_VARIANTS if gender == "m" else FEMALE_VARIANTS
+    base = variants[int(rng.integers(len(variants)))]
+    if gender == "m":
+        f0 = float(np.clip(100 * np.exp(0.16 * rng.standard_normal()), 70, 150))
+        alpha = float(rng.uniform(0.88, 1.04))
+    else:
+        f0 = float(np.clip(190 * np.exp(0.13 * rng.standard_normal()), 140, 270))
+        alpha = float(rng.uniform(0.97, 1.12))
+    top = f0 * float(rng.uniform(1.25, 1.8))
+    klatt = int(rng.integers(1, 4)) if rng.random() < 0.2 else 0
+    # Playing the wave faster by alpha raises formants and F0 by alpha: ask for F0 / alpha.
+    text = _variant_text(rng, base, f0 / alpha, top / alpha, klatt)
+    breathy = rng.random() < 0.3
+    return Speaker(
+        spk="", gender=gender, accent=accent, base_variant=base, variant_text=text,
+        rate=float(np.clip(165 * np.exp(0.12 * rng.standard_normal()), 115, 230)),
+        pitch_range=float(rng.uniform(30, 80)), vtl_alpha=alpha,
+        tilt_db=float(rng.uniform(-6, 3)),
+        breath_db=float(rng.uniform(-24, -14) if breathy else rng.uniform(-45, -32)),
+        tremolo_depth=float(rng.uniform(0, 0.08)), tremolo_hz=float(rng.uniform(3.5, 7)),
+        vibrato_depth=float(rng.uniform(0, 0.01)), vibrato_hz=float(rng.uniform(4, 7)),
+    )
+
+
+# --------------------------------------------------------------------------- filters
+
+def _biquad(kind: str, f0: float, gain_db: float, q: float = 0.707,
+            fs: int = SAMPLE_RATE) -> np.ndarray:
+    """One second-order section (RBJ audio-EQ formulas): peaking, lowshelf or highshelf."""
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * math.pi * f0 / fs
+    cos, alpha = math.cos(w0), math.sin(w0) / (2 * q)
+    if kind == "peaking":
+        b = [1 + alpha * a, -2 * cos, 1 - alpha * a]
+        den = [1 + alpha / a, -2 * cos, 1 - alpha / a]
+    else:
+        sq = 2 * math.sqrt(a) * alpha
+        if kind == "lowshelf":
+            b = [a * ((a + 1) - (a - 1) * cos + sq), 2 * a * ((a - 1) - (a + 1) * cos),
+                 a * ((a + 1) - (a - 1) * cos - sq)]
+            den = [(a + 1) + (a - 1) * cos + sq, -2 * ((a - 1) + (a + 1) * cos),
+                   (a + 1) + (a - 1) * cos - sq]
+        else:
+            b = [a * ((a + 1) + (a - 1) * cos + sq), -2 * a * ((a - 1) + (a + 1) * cos),
+                 a * ((a + 1) + (a - 1) * cos - sq)]
+            den = [(a + 1) - (a - 1) * cos + sq, 2 * ((a - 1) - (a + 1) * cos),
+                   (a + 1) - (a - 1) * cos - sq]
+    return np.array(b + den, dtype=np.float64) / den[0]
+
+
+def _speech_power(x: np.ndarray) -> float:
+    """Mean power over the active (loud enough) 20 ms frames."""
+    n = len(x) // 320
+    if n == 0:
+        return float(np.mean(x ** 2) + 1e-12)
+    frames = np.mean(x[: n * 320].reshape(n, 320) ** 2, axis=1)
+    active = frames[frames > frames.max() * 1e-3]
+    return float(active.mean() + 1e-12)
+
+
+# --------------------------------------------------------------------------- sessions
+
+@dataclass
+class Session:
+    """One recording session of a speaker: room, noise and channel."""
+
+    telephone: bool
+    channel_sos: np.ndarray  # band limits + equaliser, second-order sections
+    rir: np.ndarray | None  # room impulse response, None when dry
+    noise_kind: str  # "coloured" | "hum" | "babble"
+    noise_slope: float  # coloured noise: power spectrum ~ f ** -slope
+    hum_hz: float
+    hum_harmonics: np.ndarray
+    babble: np.ndarray | None
+    snr_db: float
+    level_db: float  # RMS level of the recording, dBFS
+
+
+def _make_rir(rng: np.random.Generator, rt60: float) -> np.ndarray:
+    """A synthetic room response: direct path, early reflections, decaying noise tail."""
+    n = int(min(1.2 * rt60, 1.0) * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    low = signal.sosfilt(signal.butter(2, 1500, fs=SAMPLE_RATE, output="sos"),
+                         rng.standard_normal(n))
+    high = rng.standard_normal(n) - low
+    tail = low * np.exp(-6.9 * t / rt60) + high * np.exp(-6.9 * t / (0.6 * rt60))
+    onset = int(rng.uniform(0.002, 0.006) * SAMPLE_RATE)
+    tail[:onset] = 0.0
+    drr_db = rng.uniform(-3, 12)
+    tail *= math.sqrt(10 ** (-drr_db / 10) / (np.sum(tail ** 2) + 1e-12))
+    rir = tail
+    rir[0] += 1.0
+    for _ in range(int(rng.integers(4, 10))):
+        k = int(rng.uniform(0.002, 0.04) * SAMPLE_RATE)
+        rir[k] += rng.choice([-1, 1]) * rng.uniform(0.1, 0.6) * math.exp(-k / SAMPLE_RATE / rt60 * 3)
+    return rir.astype(np.float64)
+
+
+def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Several random espeak-ng talkers speaking at once."""
+    n = int(seconds * SAMPLE_RATE)
+    mix = np.zeros(n)
+    for _ in range(int(rng.integers(3, 6))):
+        variants = MALE_VARIANTS + FEMALE_VARIANTS
+        voice = f"{ACCENTS[int(rng.integers(len(ACCENTS)))]}+{variants[int(rng.integers(len(variants)))]}"
+        wave, _ = espeak.synthesize(make_sentence(rng, int(seconds * 3) + 2), voice,
+                                    rate=int(rng.integers(140, 200)), pitch=int(rng.integers(30, 70)),
+                                    seed=int(rng.integers(1 << 30)), sample_rate=SAMPLE_RATE)
+        wave = wave[: n].astype(np.float64)
+        wave /= math.sqrt(_speech_power(wave))
+        start = int(rng.integers(0, max(1, n - len(wave) + 1)))
+        mix[start:start + len(wave)] += wave
+    return mix
+
+
+def make_session(cfg: SynthConfig, index: int, session: int) -> Session:
+    """Session ``session`` (1-based) of speaker ``index``: a channel drawn at random."""
+    rng = _seq(cfg.seed, _SESSION, index, session)
+    telephone = rng.random() < cfg.telephone_prob
+    sos = []
+    if telephone:
+        lo, hi = rng.uniform(250, 400), rng.uniform(3100, 3500)
+        sos.append(signal.butter(4, [lo, hi], btype="bandpass", fs=SAMPLE_RATE, output="sos"))
+    else:
+        sos.append(signal.butter(2, rng.uniform(40, 200), btype="highpass", fs=SAMPLE_RATE,
+                                 output="sos"))
+        if rng.random() < 0.6:
+            sos.append(signal.butter(6, rng.uniform(3800, 7500), fs=SAMPLE_RATE, output="sos"))
+    g = cfg.eq_db
+    eq = [_biquad("lowshelf", rng.uniform(100, 400), rng.uniform(-g, g)),
+          _biquad("highshelf", rng.uniform(2000, 5000), rng.uniform(-g, g))]
+    for _ in range(3):
+        eq.append(_biquad("peaking", float(np.exp(rng.uniform(np.log(200), np.log(6000)))),
+                          rng.uniform(-g, g), q=rng.uniform(0.7, 2.5)))
+    channel_sos = np.concatenate(sos + [np.stack(eq)], axis=0)
+    rir = _make_rir(rng, rng.uniform(*cfg.rt60_s)) if rng.random() < cfg.reverb_prob else None
+    kind = ("coloured", "hum", "babble")[int(rng.choice(3, p=[0.55, 0.15, 0.30]))]
+    babble = _babble(rng, cfg.max_utt_seconds + 2.0) if kind == "babble" else None
+    return Session(
+        telephone=telephone, channel_sos=channel_sos, rir=rir, noise_kind=kind,
+        noise_slope=float(rng.uniform(-0.5, 2.0)), hum_hz=float(rng.choice([50.0, 60.0])),
+        hum_harmonics=rng.uniform(0, 1, size=8) / np.arange(1, 9),
+        babble=babble, snr_db=float(rng.uniform(*cfg.snr_db)),
+        level_db=float(rng.uniform(-32, -18)),
+    )
+
+
+def _noise(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
+    """A fresh stretch of the session's background noise."""
+    if sess.noise_kind == "babble" and sess.babble is not None:
+        start = int(rng.integers(0, max(1, len(sess.babble) - n)))
+        out = np.resize(np.roll(sess.babble, -start), n)
+        return out + 0.05 * rng.standard_normal(n)
+    if sess.noise_kind == "hum":
+        t = np.arange(n) / SAMPLE_RATE
+        out = 0.1 * rng.standard_normal(n)
+        for k, amp in enumerate(sess.hum_harmonics, start=1):
+            out += amp * np.sin(2 * math.pi * sess.hum_hz * k * t + rng.uniform(0, 2 * math.pi))
+        return out
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0)
+    return np.fft.irfft(spec * freqs ** (-sess.noise_slope / 2), n)
+
+
+# --------------------------------------------------------------------------- utterances
+
+def _trim_silence(x: np.ndarray, rate: int) -> np.ndarray:
+    hop = rate // 100
+    n = len(x) // hop
+    if n == 0:
+        return x
+    energy = np.abs(x[: n * hop]).reshape(n, hop).max(axis=1)
+    loud = np.nonzero(energy > energy.max() * 0.02)[0]
+    if len(loud) == 0:
+        return x
+    return x[loud[0] * hop:(loud[-1] + 1) * hop]
+
+
+def _voice(spk: Speaker, rng: np.random.Generator, seconds: float, seed_key: int) -> np.ndarray:
+    """The dry voice of one utterance at 16 kHz: espeak-ng, vocal tract, voice quality."""
+    native = espeak.native_sample_rate()
+    rate = spk.rate * math.exp(0.06 * rng.standard_normal())
+    parts, total = [], 0.0
+    for attempt in range(4):
+        n_words = max(2, int(seconds * rate / 60 * 1.2) + 1)
+        wave, _ = espeak.synthesize(
+            make_sentence(rng, n_words), f"{spk.accent}",
+            rate=int(np.clip(rate / spk.vtl_alpha, 80, 450)),
+            pitch=int(np.clip(50 + 4 * rng.standard_normal(), 0, 100)),
+            pitch_range=int(np.clip(spk.pitch_range + 6 * rng.standard_normal(), 0, 100)),
+            variant_text=spk.variant_text, seed=seed_key * 8 + attempt, sample_rate=None)
+        wave = _trim_silence(wave.astype(np.float64), native)
+        parts.append(wave)
+        total += len(wave) / native / spk.vtl_alpha
+        if total >= seconds:
+            break
+        parts.append(np.zeros(int(rng.uniform(0.15, 0.4) * native)))
+    x = np.concatenate(parts)
+    if spk.vibrato_depth > 0:  # slow frequency modulation: a warped time axis
+        t = np.arange(len(x)) / native
+        phase = rng.uniform(0, 2 * math.pi)
+        warp = t + spk.vibrato_depth / (2 * math.pi * spk.vibrato_hz) * np.sin(
+            2 * math.pi * spk.vibrato_hz * t + phase)
+        x = np.interp(np.clip(warp, 0, t[-1]) * native, np.arange(len(x)), x)
+    # Playing at alpha times the rate scales every formant (and F0, compensated) by alpha.
+    x = soxr.resample(x, native * spk.vtl_alpha, SAMPLE_RATE, quality="HQ")
+    x = signal.sosfilt(_biquad("highshelf", 1500, spk.tilt_db)[None], x)
+    t = np.arange(len(x)) / SAMPLE_RATE
+    x *= 1 + spk.tremolo_depth * np.sin(2 * math.pi * spk.tremolo_hz * t + rng.uniform(0, 6.3))
+    envelope = signal.sosfilt(signal.butter(2, 30, fs=SAMPLE_RATE, output="sos"), np.abs(x))
+    aspiration = signal.sosfilt(signal.butter(2, 1800, btype="highpass", fs=SAMPLE_RATE,
+                                              output="sos"), rng.standard_normal(len(x)))
+    x = x + 10 ** (spk.breath_db / 20) * 3.0 * np.maximum(envelope, 0) * aspiration
+    return x
+
+
+def _record(dry: np.ndarray, sess: Session, rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Place the voice in the session's room, add its noise and pass its channel."""
+    n = int(seconds * SAMPLE_RATE)
+    lead = int(rng.uniform(0.05, 0.35) * SAMPLE_RATE)
+    x = np.zeros(n)
+    take = dry[: max(0, n - lead)]
+    if len(take) > 400:  # fade out where the voice is cut
+        take = take.copy()
+        take[-160:] *= np.linspace(1, 0, 160)
+    x[lead:lead + len(take)] = take
+    if sess.rir is not None:
+        x = signal.oaconvolve(x, sess.rir)[:n]
+    speech = _speech_power(x)
+    noise = _noise(sess, rng, n)
+    snr = sess.snr_db + rng.uniform(-2, 2)
+    x = x + noise * math.sqrt(speech / (10 ** (snr / 10)) / (np.mean(noise ** 2) + 1e-12))
+    if sess.telephone:  # 8 kHz mu-law codec
+        x = soxr.resample(x, SAMPLE_RATE, 8000)
+        peak = np.max(np.abs(x)) + 1e-9
+        mu = np.sign(x / peak) * np.log1p(255 * np.abs(x / peak)) / math.log(256)
+        mu = np.round(mu * 127) / 127
+        x = np.sign(mu) * np.expm1(np.abs(mu) * math.log(256)) / 255 * peak
+        x = soxr.resample(x, 8000, SAMPLE_RATE)[:n]
+        x = np.pad(x, (0, n - len(x)))
+    x = signal.sosfilt(sess.channel_sos, x)
+    level = sess.level_db + rng.uniform(-2, 2)
+    x *= 10 ** (level / 20) / math.sqrt(np.mean(x ** 2) + 1e-12)
+    peak = np.max(np.abs(x))
+    if peak > 0.98:
+        x *= 0.98 / peak
+    return x
+
+
+def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
+    """Synthesise and write all utterances of one speaker; return their metadata."""
+    cfg, split_dir, index, spk = job
+    speaker = make_speaker(cfg.seed, index)
+    rows = []
+    for s in range(1, cfg.sessions_per_speaker + 1):
+        sess = make_session(cfg, index, s)
+        for u in range(1, cfg.utts_per_session + 1):
+            rng = _seq(cfg.seed, _UTTERANCE, index, s, u)
+            seconds = float(rng.uniform(cfg.min_utt_seconds, cfg.max_utt_seconds))
+            key = ((index * 64 + s) * 256 + u) & 0xFFFFFF
+            dry = _voice(speaker, rng, seconds, key)
+            wave = _record(dry, sess, rng, seconds)
+            rel = f"wav/{spk}/sess{s}_utt{u:02d}.wav"
+            path = Path(split_dir) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pcm = np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
+            sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            rows.append((f"{spk}-s{s}-u{u:02d}", rel, s, len(pcm) / SAMPLE_RATE))
+    return rows
+
+
+# --------------------------------------------------------------------------- face proxy
+
+def make_visual(cfg: SynthConfig, utts: list[tuple[str, int, int, int]]) -> tuple[list[str], np.ndarray]:
+    """Simulated face embeddings: identity + session pose/lighting + utterance noise.
+
+    ``utts`` holds ``(utt, speaker index, session, utterance)``. A speaker's identity is a
+    random unit vector; each session adds a pose offset in a low-dimensional subspace
+    shared by all speakers (so faces seen in the same pose look alike) plus lighting
+    noise; each utterance adds a little noise. Some sessions and utterances have no face.
+    """
+    d = cfg.visual_dim
+    pose_dim = min(16, d)
+    basis = np.linalg.qr(_seq(cfg.seed, _POSE).standard_normal((d, pose_dim)))[0]
+    # Whole sessions go missing with probability p_sess, other utterances with p_utt.
+    p_sess = cfg.visual_missing / 2
+    p_utt = (cfg.visual_missing - p_sess) / (1 - p_sess) if p_sess < 1 else 0.0
+    keep_ids, rows = [], []
+    identity: dict[int, np.ndarray] = {}
+    session: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
+    for utt, index, s, u in utts:
+        if index not in identity:
+            v = _seq(cfg.seed, _FACE_ID, index).standard_normal(d)
+            identity[index] = v / np.linalg.norm(v)
+        if (index, s) not in session:
+            rng = _seq(cfg.seed, _FACE_SESSION, index, s)
+            offset = basis @ (0.30 * rng.standard_normal(pose_dim)) + (
+                0.45 / math.sqrt(d)) * rng.standard_normal(d)
+            session[(index, s)] = (offset, rng.random() < p_sess)
+        offset, missing = session[(index, s)]
+        rng = _seq(cfg.seed, _FACE_UTT, index, s, u)
+        noise = (0.35 / math.sqrt(d)) * rng.standard_normal(d)
+        if missing or rng.random() < p_utt:
+            continue
+        e = identity[index] + offset + noise
+        keep_ids.append(utt)
+        rows.append(e / np.linalg.norm(e))
+    emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, d), np.float32)
+    return keep_ids, emb
+
+
+# --------------------------------------------------------------------------- trials
+
+def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Test trials: half same-speaker pairs from different sessions, half different speakers.
+
+    ``utts`` holds ``(utt, speaker, session)``. Pairs are unordered and never repeated;
+    the draw depends only on the seed.
+    """
+    rng = _seq(cfg.seed, _TRIALS)
+    n_target = cfg.n_trials // 2
+    n_nontarget = cfg.n_trials - n_target
+    spk = np.array([u[1] for u in utts])
+    sess = np.array([u[2] for u in utts])
+    i, j = np.triu_indices(len(utts), k=1)
+    same = (spk[i] == spk[j]) & (sess[i] != sess[j])
+    ti, tj = i[same], j[same]
+    pick = np.sort(rng.choice(len(ti), size=n_target, replace=False))
+    pairs = [(int(ti[k]), int(tj[k]), 1) for k in pick]
+    diff = np.nonzero(spk[i] != spk[j])[0]
+    if n_nontarget > len(diff):
+        raise ConfigError(f"n_trials: not enough non-target pairs ({len(diff)})")
+    pick = np.sort(rng.choice(len(diff), size=n_nontarget, replace=False))
+    pairs += [(int(i[diff[k]]), int(j[diff[k]]), 0) for k in pick]
+    order = rng.permutation(len(pairs))
+    flip = rng.random(len(pairs)) < 0.5
+    out = []
+    for k in order:
+        a, b, label = pairs[k]
+        if flip[k]:
+            a, b = b, a
+        out.append((utts[a][0], utts[b][0], label))
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+def _write_text(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("CDINO_NO_PROGRESS", "") not in ("1", "true", "yes")
+
+
+def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
+               progress: bool = True) -> dict:
+    """Write the simulated corpus to ``out_dir`` (layout in the module docstring).
+
+    Returns the summary also stored in ``out_dir/corpus.json``.
+    """
+    from tqdm import tqdm
+
+    cfg = cfg if cfg is not None else SynthConfig()
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus.json").unlink(missing_ok=True)  # present only once complete
+    start = time.perf_counter()
+    n_total = cfg.n_train_speakers + cfg.n_test_speakers
+    width = max(4, len(str(n_total)))
+    splits = {"train": range(1, cfg.n_train_speakers + 1),
+              "test": range(cfg.n_train_speakers + 1, n_total + 1)}
+    jobs, where = [], {}
+    for split, indices in splits.items():
+        (out / split).mkdir(exist_ok=True)
+        for index in indices:
+            spk = f"spk{index:0{width}d}"
+            jobs.append((cfg, str(out / split), index, spk))
+            where[spk] = (split, index)
+    # Longest jobs first would not matter: all speakers cost about the same.
+    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+    results: dict[str, list] = {}
+    bar = tqdm(total=len(jobs), desc="corpus", unit="spk", disable=not _progress_enabled(progress))
+    if workers <= 1:
+        for job in jobs:
+            results[job[3]] = _speaker_job(job)
+            bar.update()
+    else:
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for job, rows in zip(jobs, pool.imap(_speaker_job, jobs)):
+                results[job[3]] = rows
+                bar.update()
+    bar.close()
+
+    summary: dict = {"format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE}
+    for split in splits:
+        spks = sorted(s for s in results if where[s][0] == split)
+        utts = [(row, spk) for spk in spks for row in results[spk]]
+        d = out / split
+        _write_text(d / "wav.scp", [f"{r[0]} {r[1]}" for r, _ in utts])
+        _write_text(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
+        _write_text(d / "spk2utt", [f"{spk} " + " ".join(r[0] for r in results[spk]) for spk in spks])
+        ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], int(r[0].rsplit("-u", 1)[1]))
+                                     for r, spk in utts])
+        tmp = d / "visual.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb)
+        os.replace(tmp, d / "visual.npy")
+        _write_text(d / "visual_utts.txt", ids)
+        seconds = sum(r[3] for r, _ in utts)
+        summary[split] = {"speakers": len(spks), "utterances": len(utts),
+                          "hours": round(seconds / 3600, 4),
+                          "visual_coverage": round(len(ids) / max(1, len(utts)), 4)}
+        if split == "test":
+            trials = make_trials(cfg, [(r[0], spk, r[2]) for r, spk in utts])
+            _write_text(d / "trials", [f"{a} {b} {'target' if y else 'nontarget'}"
+                                       for a, b, y in trials])
+            summary[split]["trials"] = len(trials)
+            summary[split]["target_trials"] = sum(y for _, _, y in trials)
+    genders = [make_speaker(cfg.seed, i).gender for i in range(1, n_total + 1)]
+    summary["female_speakers"] = genders.count("f")
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["workers"] = workers
+    record = {"config": to_dict(cfg), "summary": summary}
+    tmp = out / "corpus.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out / "corpus.json")
+    return summary

@@ -1,0 +1,70 @@
+"""Reference points every learned model must beat: an untrained encoder, and the cosine of
+per-utterance mean and standard deviation of log-mel fbank (no learning at all)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdino.data.kaldi_dir import DataDir, read_trials
+from cdino.eval.verification import score_trials
+from cdino.frontend.fbank import Fbank, FbankConfig
+from cdino.metrics import eer, min_dcf
+
+
+def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
+    """A model folder holding a randomly initialised encoder (seeded), exported as usual."""
+    from cdino.data.loader import open_store
+    from cdino.models.registry import build_encoder
+    from cdino.train.stages import export_model, model_complete
+
+    out = Path(out)
+    if model_complete(out):
+        return out
+    torch.manual_seed(cfg.trainer.seed)
+    encoder = build_encoder(cfg.encoder)
+    store = open_store(DataDir.load(train_dir), cfg.data, progress=cfg.trainer.progress)
+    return export_model(encoder, cfg, store, torch.device("cpu"), out, {"method": "untrained"},
+                        progress=cfg.trainer.progress)
+
+
+@torch.no_grad()
+def fbank_statistics(data: DataDir, utts: list[str], fbank: Fbank) -> np.ndarray:
+    """(N, 2·n_mels): mean and standard deviation over time of each utterance's log-mel."""
+    from cdino.data.audio import load_audio
+
+    rows = []
+    for utt in utts:
+        feats = fbank(torch.from_numpy(load_audio(data.wav[utt]))[None])[0]
+        rows.append(torch.cat([feats.mean(0), feats.std(0)]).numpy())
+    return np.stack(rows).astype(np.float32)
+
+
+def fbank_stats_baseline(cfg: FbankConfig, train_dir, test_dir, trials_path, out: Path) -> dict:
+    """EER/minDCF of cosine on mean+std fbank vectors (training mean subtracted)."""
+    from dataclasses import replace
+
+    fbank = Fbank(replace(cfg, mean_norm=False))
+    train, test = DataDir.load(train_dir), DataDir.load(test_dir)
+    trials = read_trials(trials_path)
+    trials.check_utts(set(test.utts), test.root)
+    rng = np.random.default_rng(0)
+    sub = list(rng.choice(train.utts, size=min(len(train.utts), 1000), replace=False))
+    train_x = fbank_statistics(train, sub, fbank)
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-5
+    utts = trials.utts
+    x = (fbank_statistics(test, utts, fbank) - mu) / sd
+    scores = score_trials(x, {u: i for i, u in enumerate(utts)}, trials)
+    labels = np.asarray(trials.labels)
+    res = {"eer": eer(scores, labels), "mindcf_0.01": min_dcf(scores, labels, 0.01),
+           "mindcf_0.05": min_dcf(scores, labels, 0.05), "n_trials": int(len(labels))}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(res, indent=1))
+    with open(out / "scores.txt", "w") as f:
+        for e, t, s in zip(trials.enroll, trials.test, scores):
+            f.write(f"{e} {t} {s:.6f}\n")
+    return res

@@ -1,0 +1,339 @@
+"""Stage 2: AAM-softmax training on k-means pseudo labels with DLG-LC.
+
+Each step, for a batch of 2–3 s segments with pseudo labels ``y``:
+
+1. the student embeds the augmented segments; cosines to the class centres give
+   per-sample AAM losses w.r.t. ``y`` — these are remembered for the next epoch's gate;
+2. **dynamic loss-gate** (:mod:`cdino.pseudo.loss_gate`): a sample is *reliable* when its
+   loss is under the threshold fitted (2-component GMM on last epoch's log losses) at the
+   start of this epoch;
+3. **label correction** (:mod:`cdino.pseudo.label_correction`): an unreliable sample whose
+   sharpened prediction on its *clean* (un-augmented) segment is confident enough is
+   trained on the predicted label instead of being dropped;
+4. the loss is averaged over reliable and corrected samples.
+
+With a second modality (``pseudo.modality = audio_visual``), a light classifier on the
+visual embeddings trains on the same labels; gating uses the rule of
+:mod:`cdino.pseudo.fusion` (both / either / fused) and corrections use the joint
+prediction. Only the audio encoder is exported. The supervised reference is the same
+method fed true labels with the gate and the correction off.
+
+True labels, when the data has them, feed diagnostics only (how often the gate flags a
+wrong label, how often a correction is right); nothing reads them to decide anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cdino.data.audio import SAMPLE_RATE
+from cdino.data.loader import SegmentDataset
+from cdino.methods.base import Method, MethodContext
+from cdino.models.aam_softmax import AAMSoftmax, aam_logits
+from cdino.models.registry import build_encoder
+from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, multimodal_reliable
+from cdino.pseudo.kmeans import KMeansConfig
+from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels
+from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
+from cdino.train.schedules import linear_warmup
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Pseudo-label rounds, AAM-softmax, DLG-LC and the optional second modality."""
+
+    rounds: int = 5  # extract → cluster → train rounds
+    restart_from_init: bool = False  # each round restarts from the stage-1 model (else continues from the last round)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)  # clustering into pseudo labels
+    embed_seconds: float = 20.0  # longest central part embedded for clustering
+    margin: float = 0.2  # AAM margin
+    scale: float = 32.0  # AAM scale
+    margin_warmup_epochs: float = 1.0  # margin rises linearly from 0 over these epochs of each round
+    min_seconds: float = 2.0  # training segment length range (drawn per step)
+    max_seconds: float = 3.0
+    augment: bool = True  # augment training segments on the device
+    gate: LossGateConfig = field(default_factory=LossGateConfig)  # loss gate: off | fixed | dynamic
+    correction: LabelCorrectionConfig = field(default_factory=LabelCorrectionConfig)  # label correction
+    modality: Literal["audio", "audio_visual"] = "audio"  # audio_visual: second view in clustering, gating, correction
+    visual: str | None = None  # data folder holding visual.npy + visual_utts.txt (None: the training data folder)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    visual_hidden: int = 256  # width of the visual classifier's MLP
+    plots: bool = True  # loss-gate histogram PNG per epoch
+    large_margin_epochs: int = 0  # optional large-margin fine-tuning epochs after the last round
+    large_margin: float = 0.5  # margin of that fine-tuning
+    large_margin_seconds: float = 4.0  # segment length of that fine-tuning
+
+
+class VisualClassifier(nn.Module):
+    """A light MLP + AAM classifier on precomputed visual embeddings."""
+
+    def __init__(self, in_dim: int, hidden: int, n_classes: int, scale: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden))
+        self.aam = AAMSoftmax(hidden, n_classes, scale=scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aam.cosine(self.mlp(x))
+
+
+class AAMModel(nn.Module):
+    """Speaker encoder + AAM class centres (+ the visual classifier): returns cosines."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, scale: float,
+                 visual: VisualClassifier | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.aam = AAMSoftmax(encoder.embed_dim, n_classes, scale=scale)
+        self.visual = visual
+
+    def forward(self, feats: torch.Tensor, visual: torch.Tensor | None = None):
+        cos_a = self.aam.cosine(self.encoder(feats))
+        cos_v = self.visual(visual) if self.visual is not None and visual is not None else None
+        return cos_a, cos_v
+
+
+class PseudoLabelMethod(Method):
+    """AAM-softmax on (pseudo) labels with the loss gate and label correction."""
+
+    name = "pseudo"
+
+    def __init__(self, labels: np.ndarray, init_encoder: dict | None = None,
+                 visual: np.ndarray | None = None, has_visual: np.ndarray | None = None,
+                 true_labels: np.ndarray | None = None, round_index: int = 1,
+                 plot_dir: Path | None = None, name: str | None = None,
+                 margin: float | None = None, segment_seconds: float | None = None) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n_classes = int(self.labels.max()) + 1
+        self.init_encoder = init_encoder
+        self.visual_np, self.has_visual_np = visual, has_visual
+        self.true_np = true_labels
+        self.round_index = round_index
+        self.plot_dir = plot_dir
+        self.margin_override, self.segment_override = margin, segment_seconds
+        if name:
+            self.name = name
+
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        self.pc: PseudoLabelConfig = ctx.cfg.pseudo
+        encoder = build_encoder(ctx.cfg.encoder)
+        if self.init_encoder is not None:
+            encoder.load_state_dict(self.init_encoder)
+        dev = ctx.device
+        self.multimodal = self.visual_np is not None and self.pc.modality == "audio_visual"
+        vis = None
+        if self.multimodal:
+            vis = VisualClassifier(self.visual_np.shape[1], self.pc.visual_hidden, self.n_classes, self.pc.scale)
+            self.visual = torch.from_numpy(self.visual_np.astype(np.float32)).to(dev)
+            self.has_visual = torch.from_numpy(self.has_visual_np.astype(bool)).to(dev)
+        self.student = AAMModel(encoder, self.n_classes, self.pc.scale, vis)
+        n = len(self.labels)
+        self.label_t = torch.from_numpy(self.labels).to(dev)
+        self.gate_a = LossGate(self.pc.gate, n, device=dev)
+        self.gate_v = LossGate(self.pc.gate, n, device=dev) if self.multimodal else None
+        fused_rule = self.multimodal and self.pc.fusion.reliability == "fused"
+        self.gate_f = LossGate(self.pc.gate, n, device=dev) if fused_rule else None
+        self.fit_a = self.fit_v = None
+        self.fit_epoch = -1
+        self.epoch_log: list[dict] = []
+        # Diagnostics only: is a sample's pseudo label "wrong" (its cluster's majority
+        # speaker is not the sample's speaker)? Never used for training decisions.
+        self.diag = None
+        if self.true_np is not None:
+            true = np.asarray(self.true_np)
+            majority = np.zeros(self.n_classes, dtype=np.int64) - 1
+            for c in range(self.n_classes):
+                members = true[self.labels == c]
+                if len(members):
+                    majority[c] = np.bincount(members).argmax()
+            self.diag = {"true": torch.from_numpy(true).to(dev), "majority": torch.from_numpy(majority).to(dev)}
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        z = lambda: torch.zeros((), device=self.ctx.device)
+        self.count = {k: z() for k in ("seen", "unreliable", "corrected", "wrong",
+                                       "unreliable_wrong", "corrected_right")}
+
+    def dataset(self):
+        lo, hi = self._seconds()
+        self._segment_dataset = SegmentDataset(self.ctx.store, self.labels, int(lo * SAMPLE_RATE),
+                                               int(hi * SAMPLE_RATE), seed=self.ctx.cfg.trainer.seed)
+        return self._segment_dataset
+
+    def _seconds(self) -> tuple[float, float]:
+        if self.segment_override:
+            return self.segment_override, self.segment_override
+        return self.pc.min_seconds, self.pc.max_seconds
+
+    def segment_fn(self):
+        return self._segment_dataset.segment_samples
+
+    # ------------------------------------------------------------------ epochs
+    def _gate_active(self, epoch: int) -> bool:
+        return self.pc.gate.mode != "off" and epoch >= self.pc.gate.warmup_epochs
+
+    def _correction_active(self, epoch: int) -> bool:
+        c = self.pc.correction
+        return c.enabled and self._gate_active(epoch) and epoch >= c.start_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.fit_epoch == epoch:
+            return  # resumed inside an epoch whose gate is already fitted
+        self.fit_a = self.gate_a.fit(epoch)
+        self.fit_v = self.gate_v.fit(epoch) if self.gate_v is not None else None
+        if self.gate_f is not None:
+            self.gate_f.fit(epoch)
+        self.fit_epoch = epoch
+        self._reset_counters()
+        if (self.fit_a is not None and self.pc.plots and self.plot_dir is not None
+                and self.ctx.rank == 0 and self.pc.gate.mode == "dynamic"):
+            self.plot_dir.mkdir(parents=True, exist_ok=True)
+            plot_loss_gate(self.gate_a.losses.cpu().numpy(), self.fit_a,
+                           self.plot_dir / f"{self.name}_epoch{epoch + 1:03d}.png",
+                           title=f"{self.name} epoch {epoch + 1}: audio losses")
+
+    @staticmethod
+    def _threshold(gate) -> float | None:
+        return None if gate is None or gate.threshold is None else float(gate.threshold)
+
+    def training_step(self, student, batch, step, epoch, generator):
+        fe = self.ctx.frontend
+        wave, y, idx = batch["wave"], batch["label"], batch["index"]
+        feats = fe(wave, augment=self.pc.augment, generator=generator)
+        vis = has_v = None
+        if self.multimodal:
+            vis, has_v = self.visual[idx], self.has_visual[idx]
+        margin = self.current_margin(step, epoch)
+        clean_cos = None
+        if self._correction_active(epoch):
+            clean_cos = self._clean_prediction(wave)
+        cos_a, cos_v = student(feats, vis)
+        loss_a = F.cross_entropy(aam_logits(cos_a.float(), y, margin, self.pc.scale), y, reduction="none")
+        with torch.no_grad():
+            self.gate_a.update(idx, loss_a.detach())
+        loss_v = None
+        if cos_v is not None:
+            loss_v = F.cross_entropy(aam_logits(cos_v.float(), y, margin, self.pc.scale), y, reduction="none")
+            with torch.no_grad():
+                self.gate_v.update(idx[has_v], loss_v.detach()[has_v])
+        with torch.no_grad():
+            fused_rel = None
+            if self.gate_f is not None:
+                loss_f = joint_loss(F.softmax(cos_a.detach().float() * self.pc.scale, -1),
+                                    F.softmax(cos_v.detach().float() * self.pc.scale, -1), y, has_v)
+                self.gate_f.update(idx, loss_f)
+                fused_rel = self.gate_f.reliable(loss_f)
+            if self._gate_active(epoch):
+                rel_a = self.gate_a.reliable(loss_a.detach())
+                if loss_v is not None:
+                    rel_v = self.gate_v.reliable(loss_v.detach())
+                    reliable = multimodal_reliable(rel_a, rel_v, has_v, self.pc.fusion.reliability,
+                                                   fused_reliable=fused_rel)
+                else:
+                    reliable = rel_a
+            else:
+                reliable = torch.ones_like(y, dtype=torch.bool)
+            y_final, corrected = y, torch.zeros_like(reliable)
+            if clean_cos is not None:
+                c = self.pc.correction
+                logits = clean_cos * self.pc.scale
+                if cos_v is not None:
+                    probs = joint_prediction(F.softmax(logits / c.temperature, -1),
+                                             F.softmax(cos_v.detach().float() * self.pc.scale / c.temperature, -1),
+                                             has_v)
+                    logits = torch.log(probs.clamp_min(1e-12)) * c.temperature
+                y_final, corrected = correct_labels(logits, y, ~reliable, c.threshold, c.temperature)
+            use = (reliable | corrected).float()
+        if corrected is not None and clean_cos is not None:
+            loss_a = F.cross_entropy(aam_logits(cos_a.float(), y_final, margin, self.pc.scale), y_final,
+                                     reduction="none")
+        loss = (loss_a * use).sum() / use.sum().clamp_min(1.0)
+        if loss_v is not None:
+            if clean_cos is not None:
+                loss_v = F.cross_entropy(aam_logits(cos_v.float(), y_final, margin, self.pc.scale),
+                                         y_final, reduction="none")
+            vuse = use * has_v.float()
+            loss = loss + (loss_v * vuse).sum() / vuse.sum().clamp_min(1.0)
+        self._count(idx, y, y_final, reliable, corrected)
+        stats = {"loss": loss.detach(), "reliable": reliable.float().mean(),
+                 "corrected": corrected.float().mean(), "margin": torch.tensor(margin)}
+        stats["acc"] = (cos_a.detach().argmax(-1) == y).float().mean()
+        return loss, stats
+
+    @torch.no_grad()
+    def _clean_prediction(self, wave: torch.Tensor) -> torch.Tensor:
+        """Cosines of the un-augmented segments (encoder in eval mode, no BN updates)."""
+        enc = self.student.encoder
+        enc.eval()
+        feats = self.ctx.frontend(wave, augment=False)
+        cos = self.student.aam.cosine(enc(feats)).float()
+        enc.train()
+        return cos
+
+    @torch.no_grad()
+    def _count(self, idx, y, y_final, reliable, corrected) -> None:
+        c = self.count
+        c["seen"] += y.numel()
+        c["unreliable"] += (~reliable).sum()
+        c["corrected"] += corrected.sum()
+        if self.diag is not None:  # diagnostics only
+            true, majority = self.diag["true"][idx], self.diag["majority"]
+            wrong = majority[y] != true  # the cluster's majority speaker is not this speaker
+            c["wrong"] += wrong.sum()
+            c["unreliable_wrong"] += (wrong & ~reliable).sum()
+            c["corrected_right"] += (corrected & (majority[y_final] == true)).sum()
+
+    def current_margin(self, step: int, epoch: int) -> float:
+        base = self.margin_override if self.margin_override is not None else self.pc.margin
+        per_epoch = max(1, self.steps_per_epoch_value)
+        return linear_warmup(step, int(self.pc.margin_warmup_epochs * per_epoch), 0.0, base)
+
+    def on_epoch_end(self, epoch: int) -> dict:
+        c = {k: float(v.item()) for k, v in self.count.items()}
+        seen = max(1.0, c["seen"])
+        out = {"round": self.round_index, "threshold": self._threshold(self.gate_a),
+               "reliable_fraction": 1.0 - c["unreliable"] / seen,
+               "corrected_fraction": c["corrected"] / seen}
+        if self.gate_v is not None:
+            out["visual_threshold"] = self._threshold(self.gate_v)
+        if self.fit_a is not None and self.fit_a.note:
+            out["gate_note"] = self.fit_a.note
+        if self.diag is not None and c["wrong"] > 0:
+            out["gate_recall"] = c["unreliable_wrong"] / c["wrong"]
+            out["gate_precision"] = c["unreliable_wrong"] / max(1.0, c["unreliable"])
+            out["wrong_fraction"] = c["wrong"] / seen
+            if c["corrected"] > 0:
+                out["correction_accuracy"] = c["corrected_right"] / c["corrected"]
+        self.epoch_log.append({"epoch": epoch, **out})
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        state = {"gate_a": self.gate_a.state_dict(), "fit_epoch": self.fit_epoch}
+        for name in ("gate_v", "gate_f"):
+            if getattr(self, name) is not None:
+                state[name] = getattr(self, name).state_dict()
+        for k, v in self.count.items():
+            state[f"count_{k}"] = v.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gate_a.load_state_dict(state["gate_a"])
+        for name in ("gate_v", "gate_f"):
+            if getattr(self, name) is not None and name in state:
+                getattr(self, name).load_state_dict(state[name])
+        self.fit_epoch = int(state.get("fit_epoch", -1))
+        for k in self.count:
+            if f"count_{k}" in state:
+                self.count[k] = state[f"count_{k}"].to(self.ctx.device)
+
+    def export_encoder(self) -> nn.Module:
+        return self.student.encoder

@@ -1,0 +1,357 @@
+"""A recipe: the whole pipeline, stages in order, each skipped when its outputs exist.
+
+    corpus      simulated corpus (or the data folders a recipe names)
+    baselines   untrained encoder, mean/std fbank cosine
+    dino        stage 1
+    cdino       cluster-aware DINO, continuing from dino
+    pseudo      R rounds of audio DLG-LC from cdino            → pseudo_r1..R
+    mm          R rounds of audio-visual DLG-LC from cdino     → mm_r1..R (same rounds and steps)
+    ablations   one round each from cdino: gate off / fixed gate / DLG / DLG-LC
+    supervised  the reference: true labels, same encoder, trainer and loss
+    report      results.json + report.md + plots; `final` copied to EXP/model/
+
+Every stage is evaluated on the test trials after it trains, for reporting only: the
+exported (``final``) stage is fixed by the recipe before anything runs, and nothing is
+selected on test trials. A stage's outputs are ``EXP/<stage>/`` with a ``done.json``
+marker written last; rerunning skips done stages; ``--from STAGE`` removes the markers
+from that stage on; a killed stage resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from cdino.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
+from cdino.errors import ConfigError, DataError
+
+STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised", "report"]
+ABLATIONS = ["gate_off", "fixed_gate", "dlg", "dlg_lc"]
+
+
+@dataclass
+class CorpusSpec:
+    """The simulated corpus a recipe generates (when `data` is not given)."""
+
+    preset: str = "default"  # default | quick | tiny
+    seed: int = 0  # corpus seed
+    speakers: int | None = None  # override the preset's training speakers
+
+
+@dataclass
+class DataSpec:
+    """Existing data folders (instead of the simulated corpus)."""
+
+    train: str | None = None  # training data folder (used without labels by the self-supervised stages)
+    test: str | None = None  # test data folder
+    trials: str | None = None  # trials file for the test folder
+
+
+@dataclass
+class RecipeConfig:
+    """A pipeline: stage configs are overrides of the training defaults (cdino.train.trainer.TrainConfig)."""
+
+    name: str = "custom"  # shown in the report
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    base: dict = field(default_factory=dict)  # overrides shared by every stage
+    dino: dict = field(default_factory=dict)  # overrides of the DINO stage
+    cdino: dict = field(default_factory=dict)  # overrides of the C-DINO stage
+    pseudo: dict = field(default_factory=dict)  # overrides of the audio DLG-LC rounds
+    mm: dict = field(default_factory=dict)  # overrides of the audio-visual rounds (on top of `pseudo`)
+    multimodal: bool = True  # run the audio-visual rounds
+    supervised: dict = field(default_factory=dict)  # overrides of the supervised reference
+    run_supervised: bool = True  # train the supervised reference
+    ablations: dict = field(default_factory=dict)  # name → overrides of a one-round run from cdino (gate_off, fixed_gate, dlg, dlg_lc)
+    final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round)
+    bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
+
+
+def builtin_recipe(name: str) -> Path:
+    path = Path(__file__).parent / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no built-in recipe '{name}' (have: "
+                          f"{', '.join(p.stem for p in path.parent.glob('*.yaml'))})")
+    return path
+
+
+def load_recipe(source: str | Path, overrides=()) -> RecipeConfig:
+    path = Path(source)
+    if not path.is_file() and not str(source).endswith((".yaml", ".yml")):
+        path = builtin_recipe(str(source))
+    return load_config(RecipeConfig, path, overrides=list(overrides))
+
+
+def _merge(*dicts: dict) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in (d or {}).items():
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Pipeline:
+    """Runs a recipe into ``out``; see the module docstring."""
+
+    def __init__(self, recipe: RecipeConfig, out: Path) -> None:
+        self.r = recipe
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        self.rounds = self.train_config("pseudo").pseudo.rounds
+        self._check_final()
+
+    # ------------------------------------------------------------------ configs
+    def train_config(self, stage: str, extra: dict | None = None):
+        from cdino.train.trainer import TrainConfig
+
+        parts = [self.r.base]
+        if stage in ("pseudo", "mm", "ablations"):
+            parts.append(self.r.pseudo)
+        if stage == "mm":
+            parts.append(self.r.mm)
+        if stage in ("dino", "cdino", "supervised"):
+            parts.append(getattr(self.r, stage))
+        parts.append(extra or {})
+        return from_dict(TrainConfig, _merge(*parts), where=f"recipe stage '{stage}'")
+
+    def _check_final(self) -> None:
+        names = self.stage_names()
+        if self.r.final not in names:
+            raise ConfigError(f"recipe key 'final': '{self.r.final}' is not one of {', '.join(names)}")
+
+    def stage_names(self) -> list[str]:
+        names = ["dino", "cdino"] + [f"pseudo_r{i}" for i in range(1, self.rounds + 1)]
+        if self.r.multimodal:
+            names += [f"mm_r{i}" for i in range(1, self.rounds + 1)]
+        names += ["pseudo_rR"] + (["mm_rR"] if self.r.multimodal else [])
+        return names
+
+    def resolve_final(self) -> str:
+        return self.r.final.replace("rR", f"r{self.rounds}")
+
+    # ------------------------------------------------------------------ data
+    @property
+    def train_dir(self) -> Path:
+        return Path(self.r.data.train) if self.r.data.train else self.out / "corpus" / "train"
+
+    @property
+    def test_dir(self) -> Path:
+        return Path(self.r.data.test) if self.r.data.test else self.out / "corpus" / "test"
+
+    @property
+    def trials(self) -> Path:
+        return Path(self.r.data.trials) if self.r.data.trials else self.test_dir / "trials"
+
+    # ------------------------------------------------------------------ stages
+    def done(self, stage: str) -> bool:
+        return (self.out / stage / "done.json").is_file()
+
+    def mark(self, stage: str, info: dict) -> None:
+        path = self.out / stage / "done.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=1, default=float))
+        tmp.replace(path)
+
+    def reset_from(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise ConfigError(f"--from: unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+        # Markers go, and training outputs of redone stages too, so they retrain from scratch.
+        for s in STAGES[STAGES.index(stage):]:
+            (self.out / s / "done.json").unlink(missing_ok=True)
+            if s in ("dino", "cdino", "pseudo", "mm", "ablations", "supervised"):
+                shutil.rmtree(self.out / s, ignore_errors=True)
+
+    def run(self, from_stage: str | None = None) -> dict:
+        if from_stage:
+            self.reset_from(from_stage)
+        t_start = time.perf_counter()
+        for stage in STAGES:
+            if stage == "mm" and not self.r.multimodal:
+                continue
+            if stage == "supervised" and not self.r.run_supervised:
+                continue
+            if stage == "ablations" and not self.r.ablations:
+                continue
+            if self.done(stage) and stage != "report":
+                print(f"[{stage}] done, skipped")
+                continue
+            print(f"[{stage}] running")
+            t0 = time.perf_counter()
+            info = getattr(self, f"stage_{stage}")() or {}
+            info.setdefault("seconds", time.perf_counter() - t0)
+            self.mark(stage, info)
+        print(f"pipeline finished in {time.perf_counter() - t_start:.0f} s; see {self.out / 'report.md'}")
+        return json.loads((self.out / "results.json").read_text())
+
+    def evaluate(self, model_dir: Path, name: str) -> dict:
+        from cdino.api import run_eval
+
+        edir = self.out / "eval" / name
+        edir.mkdir(parents=True, exist_ok=True)
+        res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
+                       scores_out=edir / "scores.txt", quiet=True)
+        return dict(res)
+
+    def stage_corpus(self) -> dict:
+        if self.r.data.train:
+            for p in (self.train_dir, self.test_dir, self.trials):
+                if not Path(p).exists():
+                    raise DataError(f"recipe data: {p} does not exist")
+            return {"source": "data folders"}
+        from cdino.corpus.synth import SynthConfig, synthesize
+
+        cfg = SynthConfig.preset(self.r.corpus.preset)
+        over = {"seed": self.r.corpus.seed}
+        if self.r.corpus.speakers:
+            over["n_train_speakers"] = self.r.corpus.speakers
+        cfg = from_dict(SynthConfig, {**to_dict(cfg), **over})
+        target = self.out / "corpus"
+        shutil.rmtree(target, ignore_errors=True)
+        summary = synthesize(target, cfg, progress=True)
+        return {"summary": summary}
+
+    def stage_baselines(self) -> dict:
+        from cdino.eval.baselines import fbank_stats_baseline, untrained_model
+
+        cfg = self.train_config("dino")
+        model = untrained_model(cfg, self.train_dir, self.out / "baselines" / "untrained")
+        res = {"untrained": self.evaluate(model, "untrained")}
+        res["fbank_stats"] = fbank_stats_baseline(cfg.fbank, self.train_dir, self.test_dir, self.trials,
+                                                  self.out / "eval" / "fbank_stats")
+        return res
+
+    def _train_stage1(self, method: str, extra: dict | None = None) -> dict:
+        from cdino.train.stages import model_complete, train_dino
+
+        cfg = self.train_config(method, extra)
+        out = self.out / method
+        t0 = time.perf_counter()
+        resume = (out / "checkpoints").is_dir()
+        if not model_complete(out / "model"):
+            train_dino(cfg, self.train_dir, out, method=method, resume=resume)
+        res = self.evaluate(out / "model", method)
+        res["seconds"] = time.perf_counter() - t0
+        res["history"] = _read_history(out / "model")
+        return res
+
+    def stage_dino(self) -> dict:
+        return self._train_stage1("dino")
+
+    def stage_cdino(self) -> dict:
+        return self._train_stage1("cdino", {"dino": {"init": str(self.out / "dino")}})
+
+    def _rounds(self, stage: str, extra: dict | None = None, out: Path | None = None,
+                prefix: str | None = None) -> dict:
+        from cdino.train.stages import train_pseudo_rounds
+
+        cfg = self.train_config("mm" if stage == "mm" else "pseudo", extra)
+        out = out or self.out / stage
+        prefix = prefix or stage
+        results = {}
+
+        def on_round(r, model_dir, summary):
+            results[f"{prefix}_r{r}"] = {**self.evaluate(model_dir, f"{prefix}_r{r}"),
+                                         "seconds": summary["seconds"], **_round_diag(summary)}
+
+        summaries = train_pseudo_rounds(cfg, self.train_dir, self.out / "cdino" / "model", out,
+                                        resume=True, on_round=on_round)
+        for s in summaries:  # rounds finished by an earlier run
+            name = f"{prefix}_r{s['round']}"
+            if name not in results:
+                results[name] = {**self.evaluate(out / f"round{s['round']}" / "model", name),
+                                 "seconds": s["seconds"], **_round_diag(s)}
+        return {"rounds": results}
+
+    def stage_pseudo(self) -> dict:
+        return self._rounds("pseudo", {"pseudo": {"modality": "audio"}})
+
+    def stage_mm(self) -> dict:
+        return self._rounds("mm", {"pseudo": {"modality": "audio_visual"}})
+
+    def stage_ablations(self) -> dict:
+        res = {}
+        for name, over in self.r.ablations.items():
+            if name not in ABLATIONS:
+                raise ConfigError(f"recipe key 'ablations.{name}': unknown ablation (known: {', '.join(ABLATIONS)})")
+            extra = _merge({"pseudo": {"rounds": 1, "modality": "audio"}}, over)
+            got = self._rounds("ablations", extra, out=self.out / "ablations" / name, prefix=name)
+            res[name] = got["rounds"][f"{name}_r1"]
+        return res
+
+    def stage_supervised(self) -> dict:
+        from cdino.train.stages import model_complete, train_supervised
+
+        cfg = self.train_config("supervised")
+        out = self.out / "supervised"
+        t0 = time.perf_counter()
+        if not model_complete(out / "model"):
+            train_supervised(cfg, self.train_dir, out, resume=(out / "checkpoints").is_dir())
+        res = self.evaluate(out / "model", "supervised")
+        res["seconds"] = time.perf_counter() - t0
+        res["steps"] = _read_info(out / "model").get("steps")
+        return res
+
+    def stage_report(self) -> dict:
+        from cdino.report import write_report
+
+        final = self.resolve_final()
+        results = write_report(self, final)
+        src = self._model_dir_of(final)
+        dst = self.out / "model"
+        tmp = self.out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        return {"final": final, "results": str(self.out / "results.json")}
+
+    def _model_dir_of(self, name: str) -> Path:
+        if name in ("dino", "cdino", "supervised"):
+            return self.out / name / "model"
+        stage, r = name.rsplit("_r", 1)
+        return self.out / stage / f"round{r}" / "model"
+
+    def stage_info(self, stage: str) -> dict:
+        path = self.out / stage / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_info(model_dir: Path) -> dict:
+    try:
+        cfg = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+        return cfg.get("info", {}) or {}
+    except Exception:
+        return {}
+
+
+def _read_history(model_dir: Path) -> list:
+    return _read_info(model_dir).get("history", [])
+
+
+def _round_diag(summary: dict) -> dict:
+    out = {}
+    cl = summary.get("clustering", {})
+    for k in ("nmi", "purity", "nmi_audio_only", "n_clusters"):
+        if k in cl:
+            out[k] = cl[k]
+    epochs = summary.get("epochs") or []
+    if epochs:
+        out["gate"] = epochs
+    return out
+
+
+def run_recipe(source, out: Path, from_stage: str | None = None, overrides=()) -> dict:
+    recipe = load_recipe(source, overrides)
+    return Pipeline(recipe, out).run(from_stage)
+
+
+def run_demo(out: Path, quick: bool = False, from_stage: str | None = None) -> dict:
+    """`cdino demo`: the built-in recipe on the simulated corpus (generated on first use)."""
+    return run_recipe(builtin_recipe("quick" if quick else "demo"), out, from_stage)

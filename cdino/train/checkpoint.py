@@ -1,0 +1,98 @@
+"""Atomic checkpoints, resumption and checkpoint averaging.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values only, so it loads
+with ``weights_only=True`` (no code runs when reading it). It is written to a temporary
+file in the same folder, flushed to disk, then renamed over its final name: a kill at
+any moment leaves either the old or the new file, never a half-written one. Files are
+named ``step-00001234.pt``; the newest readable one is the one a run resumes from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from cdino.errors import ModelFormatError
+
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in a folder, oldest first (temporary files are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # corrupt, truncated or carrying code
+        raise ModelFormatError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; an unreadable newest one falls back to the previous."""
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except ModelFormatError:
+            continue
+    return None
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints (and any temporary files of dead writers go)."""
+    for _, path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)
+    for p in Path(folder).glob(".step-*.pt.tmp-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            p.unlink(missing_ok=True)
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating tensors; integer buffers (BN counters) from the last."""
+    if not states:
+        raise ValueError("no state dicts to average")
+    out = {}
+    for key, last in states[-1].items():
+        if torch.is_floating_point(last):
+            out[key] = sum(s[key].double() for s in states).div(len(states)).to(last.dtype)
+        else:
+            out[key] = last.clone()
+    return out

@@ -1,0 +1,234 @@
+"""Training stages as the user runs them: ``cdino train --method dino|cdino|pseudo|supervised``.
+
+Each stage trains with the one :class:`~cdino.train.trainer.Trainer` and exports a model
+folder ``EXP/model/`` (encoder, feature settings, training-set mean embedding, and a
+verification threshold set *without labels*: the EER threshold of trials built from
+k-means pseudo labels of training utterances).
+
+Pseudo-label training runs R rounds of extract → cluster → train under ``EXP/round{r}/``;
+a round whose model folder exists is skipped on rerun, a killed round resumes from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdino.data.kaldi_dir import DataDir, read_visual
+from cdino.errors import CdinoError, DataError
+from cdino.methods.base import FeatureFrontend
+from cdino.methods.cluster_aware import ClusterAwareDinoMethod
+from cdino.methods.dino import DinoMethod
+from cdino.methods.pseudo_label import PseudoLabelMethod
+from cdino.methods.store_embedding import embed_store
+from cdino.metrics import nmi, purity
+from cdino.pseudo.fusion import align_visual, fuse
+from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
+from cdino.train.trainer import TrainConfig, Trainer, build_banks
+from cdino.train.distributed import resolve_device, barrier
+
+
+def model_complete(folder: Path) -> bool:
+    return (Path(folder) / "config.yaml").is_file() and (Path(folder) / "encoder.safetensors").is_file()
+
+
+def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict,
+                 progress: bool = True) -> Path:
+    """Write a model folder: mean embedding and a label-free threshold from training data."""
+    from cdino.api import save_model_folder
+    from cdino.eval.threshold import pseudo_label_threshold
+
+    frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
+    emb = embed_store(encoder, frontend, store, device, max_seconds=20.0, progress=progress,
+                      desc="embedding training set for the model folder")
+    mean = emb.mean(axis=0)
+    k = int(np.clip(len(emb) // 20, 2, 6000))
+    labels = cluster(emb - mean, KMeansConfig(n_clusters=k, seed=0), device=device).labels
+    threshold = pseudo_label_threshold(emb, np.asarray(labels), mean, seed=0)
+    source = (f"EER threshold of trials built from k-means ({k} clusters) pseudo labels of "
+              f"{len(emb)} training utterances; no true labels used")
+    encoder.eval()
+    return save_model_folder(out, encoder.cpu(), cfg.encoder, cfg.fbank, mean, threshold, source,
+                             info=info)
+
+
+def _true_labels(data: DataDir, utts: list[str]) -> np.ndarray | None:
+    if not data.utt2spk:
+        return None
+    return data.speaker_labels(utts)[0]
+
+
+def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: str = "dino",
+               resume: bool = False) -> Path:
+    """Stage 1: DINO or cluster-aware DINO; returns the exported model folder."""
+    out = Path(out)
+    data = DataDir.load(data_dir)
+    m = DinoMethod() if method == "dino" else ClusterAwareDinoMethod()
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, m, data, out, resume=resume)
+    history = trainer.fit()
+    encoder = trainer.final_encoder()
+    info = {"method": method, "steps": trainer.step, "epochs": cfg.trainer.epochs,
+            "train_seconds": time.perf_counter() - t0, "history": history}
+    if trainer.dist.is_main:
+        export_model(encoder, cfg, trainer.store, trainer.device, out / "model", info,
+                     progress=cfg.trainer.progress)
+    barrier()
+    return out / "model"
+
+
+def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
+                     resume: bool = False) -> Path:
+    """The supervised reference: same encoder, trainer and AAM loss, true labels, no gate."""
+    out = Path(out)
+    data = DataDir.load(data_dir)
+    if not data.utt2spk:
+        raise DataError(f"{data.root}: the supervised reference needs utt2spk")
+    from dataclasses import replace
+
+    pc = replace(cfg.pseudo, gate=replace(cfg.pseudo.gate, mode="off"),
+                 correction=replace(cfg.pseudo.correction, enabled=False), modality="audio")
+    cfg = replace(cfg, pseudo=pc)
+    t0 = time.perf_counter()
+    from cdino.data.loader import open_store
+
+    store = open_store(data, cfg.data, progress=cfg.trainer.progress)
+    labels = _true_labels(data, store.utts)
+    method = PseudoLabelMethod(labels, name="supervised")
+    trainer = Trainer(cfg, method, data, out, resume=resume, store=store)
+    history = trainer.fit()
+    info = {"method": "supervised", "steps": trainer.step, "train_seconds": time.perf_counter() - t0,
+            "history": history}
+    if trainer.dist.is_main:
+        export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
+                     progress=cfg.trainer.progress)
+    barrier()
+    return out / "model"
+
+
+def load_visual_for(store_utts: list[str], cfg: TrainConfig, data: DataDir):
+    """The second modality aligned to the training utterances, or ``None``."""
+    src = Path(cfg.pseudo.visual) if cfg.pseudo.visual else data.root
+    got = read_visual(src)
+    if got is None:
+        raise DataError(f"{src}: pseudo.modality is audio_visual but visual.npy / visual_utts.txt are missing")
+    vis_utts, vis = got
+    return align_visual(store_utts, vis_utts, vis)
+
+
+def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path, out: str | Path,
+                        resume: bool = False, on_round=None) -> list[dict]:
+    """Stage 2: R rounds of extract → cluster → AAM + DLG-LC training.
+
+    ``on_round(r, model_dir, summary)`` is called after each round (e.g. to evaluate on
+    test trials — for reporting only). Returns one summary dict per round.
+    """
+    from cdino.api import load_model
+    from cdino.data.loader import open_store
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = DataDir.load(data_dir)
+    pc = cfg.pseudo
+    device = resolve_device(cfg.trainer.device)
+    store = open_store(data, cfg.data, progress=cfg.trainer.progress)
+    true = _true_labels(data, store.utts)
+    visual = has_visual = None
+    if pc.modality == "audio_visual":
+        visual, has_visual = load_visual_for(store.utts, cfg, data)
+    init_state = {k: v.clone() for k, v in load_model(init).encoder.state_dict().items()}
+    prev_model = Path(init)
+    summaries = []
+    for r in range(1, pc.rounds + 1):
+        rdir = out / f"round{r}"
+        summary_path = rdir / "summary.json"
+        if model_complete(rdir / "model") and summary_path.is_file():
+            summaries.append(json.loads(summary_path.read_text()))
+            prev_model = rdir / "model"
+            continue
+        t0 = time.perf_counter()
+        rdir.mkdir(parents=True, exist_ok=True)
+        labels_path = rdir / "labels.npy"
+        if labels_path.is_file():
+            labels = np.load(labels_path)
+            cl_info = json.loads((rdir / "clustering.json").read_text())
+        else:
+            labels, cl_info = _cluster_round(cfg, prev_model, store, device, visual, has_visual, true,
+                                             seed=cfg.trainer.seed + r)
+            write_utt2cluster(rdir / "utt2cluster", store.utts, labels)
+            (rdir / "clustering.json").write_text(json.dumps(cl_info, indent=1))
+            np.save(rdir / "labels.tmp.npy", labels)
+            Path(rdir / "labels.tmp.npy").replace(labels_path)
+        start = init_state if (pc.restart_from_init or r == 1) else load_model(prev_model).encoder.state_dict()
+        method = PseudoLabelMethod(labels, init_encoder=start, visual=visual, has_visual=has_visual,
+                                   true_labels=true, round_index=r, plot_dir=rdir / "plots",
+                                   name=f"round{r}")
+        trainer = Trainer(cfg, method, data, rdir, resume=resume or (rdir / "checkpoints").is_dir(),
+                          store=store)
+        history = trainer.fit()
+        encoder = trainer.final_encoder()
+        if pc.large_margin_epochs and r == pc.rounds:
+            encoder = _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true)
+        summary = {"round": r, "clustering": cl_info, "epochs": history,
+                   "seconds": time.perf_counter() - t0}
+        export_model(encoder, cfg, store, device, rdir / "model",
+                     {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
+                     progress=cfg.trainer.progress)
+        summary_path.write_text(json.dumps(summary, indent=1))
+        if on_round is not None:
+            on_round(r, rdir / "model", summary)
+        summaries.append(summary)
+        prev_model = rdir / "model"
+    return summaries
+
+
+def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
+    from cdino.api import load_model
+
+    model = load_model(model_dir, device=str(device))
+    frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
+    t0 = time.perf_counter()
+    emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
+                      progress=cfg.trainer.progress, desc="embedding for pseudo labels")
+    emb = emb - emb.mean(0)
+    x, weight = emb, None
+    if visual is not None:
+        x, weight = fuse(emb, visual, has_visual, cfg.pseudo.fusion, seed=seed, device=device)
+    km = cfg.pseudo.kmeans
+    from dataclasses import replace
+
+    result = cluster(x, replace(km, n_clusters=min(km.n_clusters, max(2, len(x) // 2)), seed=seed),
+                     device=device)
+    labels = np.asarray(result.labels, dtype=np.int64)
+    info = {"seconds": time.perf_counter() - t0, **cluster_size_stats(labels)}
+    if weight is not None:
+        info["visual_weight"] = weight
+    if true is not None:  # diagnostics only
+        info["nmi"] = float(nmi(true, labels))
+        info["purity"] = float(purity(true, labels))
+        if visual is not None:
+            audio_only = cluster(emb, replace(km, n_clusters=int(result.n_clusters), seed=seed), device=device)
+            info["nmi_audio_only"] = float(nmi(true, np.asarray(audio_only.labels)))
+    return labels, info
+
+
+def _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true):
+    from dataclasses import replace
+
+    pc = cfg.pseudo
+    lm_cfg = replace(cfg, trainer=replace(cfg.trainer, epochs=pc.large_margin_epochs),
+                     pseudo=replace(pc, margin_warmup_epochs=0.0),
+                     optim=replace(cfg.optim, warmup_epochs=0.0, lr=cfg.optim.lr * 0.1))
+    method = PseudoLabelMethod(labels, init_encoder=encoder.state_dict(), visual=visual,
+                               has_visual=has_visual, true_labels=true, name="large_margin",
+                               margin=pc.large_margin, segment_seconds=pc.large_margin_seconds,
+                               plot_dir=rdir / "plots")
+    lm_dir = rdir / "large_margin"
+    trainer = Trainer(lm_cfg, method, data, lm_dir, resume=(lm_dir / "checkpoints").is_dir(), store=store)
+    trainer.fit()
+    return trainer.final_encoder()

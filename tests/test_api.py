@@ -1,0 +1,264 @@
+"""Model folders and the user API: save/load, embed, score, verify, eval, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+import yaml
+
+import cdino
+import cdino.api as api
+from cdino.api import load_model, run_eval, run_verify, save_model_folder
+from cdino.data.kaldi_dir import write_data_dir
+from cdino.errors import ConfigError, DataError, ModelFormatError
+from cdino.eval.embed import embed_waves
+from cdino.frontend.fbank import Fbank, FbankConfig
+from cdino.metrics import eer, min_dcf
+from cdino.models.registry import EncoderConfig, build_encoder
+
+TINY = EncoderConfig(name="ecapa_tdnn_small", channels=16, embed_dim=32)
+
+
+def tiny_encoder(seed: int = 0, cfg: EncoderConfig = TINY):
+    torch.manual_seed(seed)
+    enc = build_encoder(cfg)
+    for m in enc.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return enc.eval()
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    enc = tiny_encoder()
+    mean = np.random.default_rng(0).normal(0, 0.01, 32).astype(np.float32)
+    return save_model_folder(tmp_path / "model", enc, TINY, FbankConfig(), mean, threshold=0.25,
+                             threshold_source="EER threshold of 100 test-free trials",
+                             info={"method": "dino", "stage": "dino"})
+
+
+def voice(n: int, f0: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A crude voiced sound: harmonics of ``f0`` with a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / rate
+    x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 12))
+    return (0.1 * x + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+def test_round_trip_gives_identical_embeddings(model_dir, tmp_path):
+    model = load_model(model_dir)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.yaml", "encoder.safetensors", "mean.npy"]
+    assert not list(tmp_path.glob("model.tmp-*"))
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
+    assert cfg["format_version"] == 1 and cfg["embed_dim"] == 32 and cfg["threshold"] == 0.25
+    assert cfg["info"]["method"] == "dino" and cfg["info"]["cdino_version"] == cdino.__version__
+    assert model.embed_dim == 32 and model.threshold == 0.25 and not model.encoder.training
+    wave = voice(20000, 120.0)
+    direct = embed_waves(tiny_encoder(), Fbank(), [wave])[0].numpy()
+    got = model.embed(wave, sample_rate=16000)
+    assert got.dtype == np.float32 and got.shape == (32,)
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+    assert model.features(wave).shape == (1, 123, 80)
+    assert isinstance(cdino.load_model(model_dir), api.SpeakerModel)
+
+    # Saving again over it replaces it whole; a failed save leaves the old folder intact.
+    other = tiny_encoder(seed=1)
+    save_model_folder(model_dir, other, TINY, FbankConfig(), model.mean, 0.5, "x")
+    assert load_model(model_dir).threshold == 0.5
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    import safetensors.torch
+    original = safetensors.torch.save_file
+    safetensors.torch.save_file = broken
+    try:
+        with pytest.raises(OSError):
+            save_model_folder(model_dir, tiny_encoder(), TINY, FbankConfig(), model.mean, 0.9, "y")
+    finally:
+        safetensors.torch.save_file = original
+    assert load_model(model_dir).threshold == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_embed_path_array_and_resampled_array_agree(model_dir, tmp_path):
+    model = load_model(model_dir)
+    x8 = voice(12000, 110.0, rate=8000)  # 1.5 s at 8 kHz
+    x16 = soxr.resample(x8, 8000, 16000, quality="HQ").astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(path, x16, 16000, subtype="FLOAT")
+    from_path = model.embed(str(path))
+    from_array = model.embed(x16, sample_rate=16000)
+    from_8k = model.embed(x8, sample_rate=8000)
+    np.testing.assert_allclose(from_path, from_array, rtol=1e-5, atol=1e-6)
+    cos = np.dot(from_8k, from_path) / np.linalg.norm(from_8k) / np.linalg.norm(from_path)
+    assert cos > 0.9999
+    wrong_rate = model.embed(x8, sample_rate=16000)  # the 8 kHz samples taken as 16 kHz
+    assert np.abs(wrong_rate - from_path).max() > 100 * np.abs(from_8k - from_path).max()
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        model.embed(x16)
+    with pytest.raises(ValueError, match="1-D"):
+        model.embed(np.stack([x16, x16]), sample_rate=16000)
+    batch = model.embed_batch([str(path), x16, voice(16000, 200.0)])
+    assert batch.shape == (3, 32)
+    np.testing.assert_allclose(batch[0], from_path, rtol=1e-5, atol=1e-6)
+
+
+def test_score_is_symmetric_bounded_and_uses_the_mean(model_dir, tmp_path):
+    model = load_model(model_dir)
+    a, b = voice(16000, 110.0, seed=1), voice(18000, 190.0, seed=2)
+    pa, pb = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(pa, a, 16000, subtype="FLOAT")
+    sf.write(pb, b, 16000, subtype="FLOAT")
+    s_ab, s_ba = model.score(pa, pb), model.score(str(pb), str(pa))
+    assert s_ab == pytest.approx(s_ba, abs=1e-9) and -1.0 <= s_ab <= 1.0
+    assert model.score(pa, pa) == pytest.approx(1.0, abs=1e-6)
+    ea, eb = model.embed(a, 16000), model.embed(b, 16000)
+    assert model.score(ea, eb) == pytest.approx(s_ab, abs=1e-6)
+    assert model.score(a, eb) == pytest.approx(s_ab, abs=1e-6)  # arrays are 16 kHz audio
+    xa, xb = ea - model.mean, eb - model.mean
+    assert s_ab == pytest.approx(np.dot(xa, xb) / np.linalg.norm(xa) / np.linalg.norm(xb), abs=1e-6)
+    raw = np.dot(ea, eb) / np.linalg.norm(ea) / np.linalg.norm(eb)
+    model.mean = (ea + eb) / 2 + 0.5  # a different mean changes the score
+    assert model.score(ea, eb) != pytest.approx(raw, abs=1e-3)
+    model = load_model(model_dir)
+    score, same = model.verify(pa, pb)
+    assert score == pytest.approx(s_ab) and same == (s_ab >= 0.25)
+    assert model.with_threshold(s_ab - 0.01).verify(pa, pb)[1] is True
+    assert model.with_threshold(s_ab + 0.01).verify(pa, pb)[1] is False
+    assert model.threshold == 0.25
+
+
+def _edit_config(folder, **changes):
+    path = folder / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg.update(changes)
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_bad_model_folders_fail_with_one_clear_line(model_dir, tmp_path):
+    with pytest.raises(ModelFormatError, match="model folder not found"):
+        load_model(tmp_path / "nowhere")
+    _edit_config(model_dir, format_version=7)
+    with pytest.raises(ModelFormatError) as err:
+        load_model(model_dir)
+    assert str(err.value) == (f"{model_dir}/config.yaml: format_version 7 is not supported "
+                              "(this cdino reads 1)")
+    _edit_config(model_dir, format_version=1, treshold=0.3)
+    with pytest.raises(ConfigError, match="treshold"):
+        load_model(model_dir)
+    cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
+    del cfg["treshold"]
+    cfg["encoder"]["channels"] = 24  # weights no longer fit
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ModelFormatError, match=r"encoder.safetensors: weight .* has shape"):
+        load_model(model_dir)
+    cfg["encoder"]["channels"] = 16
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    load_model(model_dir)
+
+    weights = model_dir / "encoder.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ModelFormatError, match="encoder.safetensors: not a readable safetensors"):
+        load_model(model_dir)
+    weights.write_bytes(blob)
+    (model_dir / "mean.npy").unlink()
+    with pytest.raises(ModelFormatError, match="mean.npy: missing"):
+        load_model(model_dir)
+    np.save(model_dir / "mean.npy", np.zeros(5, np.float32))
+    with pytest.raises(ModelFormatError, match=r"mean.npy: expected a finite \(32,\)"):
+        load_model(model_dir)
+    weights.unlink()
+    with pytest.raises(ModelFormatError, match="encoder.safetensors: missing"):
+        load_model(model_dir)
+    for err in (ModelFormatError("x"),):
+        assert "\n" not in str(err)
+
+
+def make_eval_data(root):
+    """Four speakers (f0) with three utterances each, plus one unused broken file."""
+    wav, utt2spk = {}, {}
+    for s, f0 in enumerate((95.0, 140.0, 210.0, 300.0)):
+        for k in range(3):
+            utt = f"s{s}_u{k}"
+            path = root / "audio" / f"{utt}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, voice(12000 + 1000 * k, f0, seed=10 * s + k), 16000)
+            wav[utt], utt2spk[utt] = path, f"s{s}"
+    broken = root / "audio" / "unused.wav"
+    broken.write_bytes(b"not audio")
+    wav["unused"], utt2spk["unused"] = broken, "s9"
+    data = write_data_dir(root / "data", wav, utt2spk)
+    utts = [u for u in wav if u != "unused"]
+    lines = []
+    for i, e in enumerate(utts):
+        for t in utts[i + 1:]:
+            same = e.split("_")[0] == t.split("_")[0]
+            lines.append(f"{e} {t} {'target' if same else 'nontarget'}")
+    trials = root / "trials"
+    trials.write_text("\n".join(lines) + "\n")
+    return data, trials, len(lines)
+
+
+def test_run_eval_writes_json_scores_and_plots(model_dir, tmp_path, capsys):
+    data, trials, n = make_eval_data(tmp_path)
+    out = tmp_path / "eval"
+    result = run_eval(model_dir, data, trials, out / "result.json", scores_out=out / "scores",
+                      plots_dir=out / "plots", progress=False)
+    printed = capsys.readouterr().out
+    assert re.search(rf"^EER \d+\.\d\d %  minDCF\(0\.01\) \d\.\d{{3}}  minDCF\(0\.05\) \d\.\d{{3}}  "
+                     rf"\({n} trials\)$", printed, re.M)
+    saved = json.loads((out / "result.json").read_text())
+    assert saved == result and set(saved) == {"eer", "mindcf_0.01", "mindcf_0.05", "n_trials"}
+    assert saved["n_trials"] == n
+    rows = [line.split() for line in (out / "scores").read_text().splitlines()]
+    labels = np.array([1 if line.split()[2] == "target" else 0
+                       for line in trials.read_text().splitlines()])
+    scores = np.array([float(r[2]) for r in rows])
+    assert [r[:2] for r in rows] == [line.split()[:2] for line in trials.read_text().splitlines()]
+    assert saved["eer"] == pytest.approx(eer(scores, labels), abs=1e-9)
+    assert saved["mindcf_0.01"] == pytest.approx(min_dcf(scores, labels, 0.01), abs=1e-9)
+    # The scores are the model's own: cosine after subtracting the stored mean.
+    model = load_model(model_dir)
+    e, t = rows[0][:2]
+    assert scores[0] == pytest.approx(model.score(data / ".." / "audio" / f"{e}.wav",
+                                                  data / ".." / "audio" / f"{t}.wav"), abs=1e-5)
+    assert (out / "plots" / "det.png").stat().st_size > 0
+    assert len(list((out / "plots").glob("*.png"))) == 2
+
+
+def test_run_eval_unknown_trial_utterance_fails_before_embedding(model_dir, tmp_path, monkeypatch):
+    data, trials, _ = make_eval_data(tmp_path)
+    with open(trials, "a") as f:
+        f.write("s0_u0 ghost_utt nontarget\n")
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedding started before the trials were checked")
+
+    monkeypatch.setattr(api, "extract_embeddings", no_embedding)
+    with pytest.raises(DataError, match="'ghost_utt'") as err:
+        run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
+    assert "\n" not in str(err.value) and str(trials) in str(err.value)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_run_verify_prints_score_threshold_decision(model_dir, tmp_path, capsys):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(a, voice(16000, 120.0, seed=3), 16000)
+    sf.write(b, voice(16000, 260.0, seed=4), 16000)
+    line = run_verify(model_dir, a, b)
+    assert capsys.readouterr().out.strip() == line
+    m = re.fullmatch(r"score=(-?\d+\.\d+) threshold=(-?\d+\.\d+) decision=(same|different)", line)
+    assert m and float(m[2]) == 0.25
+    assert m[3] == ("same" if float(m[1]) >= 0.25 else "different")
+    assert run_verify(model_dir, a, a, optimize=False).endswith("decision=same")
+    assert run_verify(model_dir, a, b, threshold=1.5,
+                      optimize=False).endswith("threshold=1.500000 decision=different")

@@ -1,0 +1,193 @@
+"""Metrics against an independent brute-force O(n^2) evaluation of the definitions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from cdino import metrics
+
+
+def brute_points(scores, labels):
+    """Every threshold: each distinct score (accept score >= t) and reject-all (+inf)."""
+    scores = [float(x) for x in scores]
+    labels = [int(x) for x in labels]
+    tar = [s for s, l in zip(scores, labels) if l == 1]
+    non = [s for s, l in zip(scores, labels) if l == 0]
+    points = []
+    for t in sorted(set(scores)) + [math.inf]:
+        p_miss = sum(1 for s in tar if s < t) / len(tar)
+        p_fa = sum(1 for s in non if s >= t) / len(non)
+        points.append((p_miss, p_fa, t))
+    return points
+
+
+def brute_eer(scores, labels):
+    best = None
+    for p_miss, p_fa, t in brute_points(scores, labels)[:-1]:
+        gap = abs(p_miss - p_fa)
+        if best is None or gap < best[0]:  # first (lowest threshold) wins ties
+            best = (gap, (p_miss + p_fa) / 2, t)
+    return best[1], best[2]
+
+
+def brute_min_dcf(scores, labels, p, c_miss=1.0, c_fa=1.0):
+    costs = [c_miss * p * pm + c_fa * (1 - p) * pf for pm, pf, _ in brute_points(scores, labels)]
+    return min(costs) / min(c_miss * p, c_fa * (1 - p))
+
+
+def random_trials(seed, n, ties=False):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.3
+    labels[0], labels[1] = True, False
+    scores = rng.normal(size=n) + 1.5 * labels
+    if ties:
+        scores = np.round(scores * 2) / 2  # few distinct values, many ties
+    return scores, labels.astype(np.int64)
+
+
+CASES = list(itertools.product(range(4), (2, 7, 60, 400), (False, True)))
+
+
+@pytest.mark.parametrize("seed,n,ties", CASES)
+def test_eer_and_min_dcf_match_brute_force(seed, n, ties):
+    scores, labels = random_trials(seed, n, ties)
+    ref_eer, ref_thr = brute_eer(scores, labels)
+    assert metrics.eer(scores, labels) == pytest.approx(ref_eer, abs=1e-12)
+    assert metrics.eer_threshold(scores, labels) == pytest.approx(ref_thr, abs=1e-12)
+    for p in (0.01, 0.05, 0.5):
+        assert metrics.min_dcf(scores, labels, p) == pytest.approx(
+            brute_min_dcf(scores, labels, p), abs=1e-12)
+    assert metrics.min_dcf(scores, labels, 0.05, c_miss=10, c_fa=1) == pytest.approx(
+        brute_min_dcf(scores, labels, 0.05, 10, 1), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_det_curve_matches_brute_force(seed):
+    scores, labels = random_trials(seed, 50, ties=seed == 1)
+    p_miss, p_fa, thr = metrics.det_curve(scores, labels)
+    ref = brute_points(scores, labels)
+    assert len(thr) == len(ref)
+    for (pm, pf, t), a, b, c in zip(ref, p_miss, p_fa, thr):
+        assert (a, b, c) == (pytest.approx(pm, abs=1e-12), pytest.approx(pf, abs=1e-12), t)
+    assert np.all(np.diff(p_miss) >= 0) and np.all(np.diff(p_fa) <= 0)
+
+
+ADVERSARIAL = {
+    "all_equal": ([0.3] * 6, [1, 0, 1, 0, 0, 1]),
+    "separated": ([0.1, 0.2, 0.3, 0.8, 0.9], [0, 0, 0, 1, 1]),
+    "inverted": ([0.8, 0.9, 0.1, 0.2, 0.3], [0, 0, 1, 1, 1]),
+    "tiny": ([0.5, 0.4], [1, 0]),
+    "tiny_inverted": ([0.4, 0.5], [1, 0]),
+    "tie_across_classes": ([0.1, 0.5, 0.5, 0.5, 0.9], [0, 1, 0, 1, 1]),
+    "infinite_scores": ([-np.inf, 0.0, np.inf, 1.0], [0, 0, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_inputs_match_brute_force(name):
+    scores, labels = ADVERSARIAL[name]
+    assert metrics.eer(scores, labels) == pytest.approx(brute_eer(scores, labels)[0], abs=1e-12)
+    assert metrics.eer_threshold(scores, labels) == brute_eer(scores, labels)[1]
+    for p in (0.01, 0.05):
+        assert metrics.min_dcf(scores, labels, p) == pytest.approx(
+            brute_min_dcf(scores, labels, p), abs=1e-12)
+
+
+def test_known_values():
+    assert metrics.eer(*ADVERSARIAL["separated"]) == 0.0
+    assert metrics.eer(*ADVERSARIAL["inverted"]) == 1.0
+    assert metrics.eer(*ADVERSARIAL["all_equal"]) == 0.5
+    assert metrics.min_dcf(*ADVERSARIAL["separated"], 0.01) == 0.0
+    # all-equal scores: the best system is a trivial one, normalised cost 1
+    assert metrics.min_dcf(*ADVERSARIAL["all_equal"], 0.01) == pytest.approx(1.0)
+    # bool labels work like 1/0
+    s, lab = random_trials(9, 100)
+    assert metrics.eer(s, lab.astype(bool)) == metrics.eer(s, lab)
+
+
+@pytest.mark.parametrize("bad", [
+    ([0.1, 0.2], [1, 1]),
+    ([0.1, 0.2], [0, 0]),
+    ([], []),
+    ([0.1, 0.2, 0.3], [1, 0]),
+    ([0.1, float("nan")], [1, 0]),
+    ([0.1, 0.2], [1, 2]),
+])
+def test_invalid_trials_raise(bad):
+    for fn in (metrics.eer, metrics.eer_threshold, metrics.det_curve,
+               lambda s, l: metrics.min_dcf(s, l, 0.01), metrics.bootstrap_eer):
+        with pytest.raises(ValueError):
+            fn(*bad)
+
+
+def test_one_class_message_is_clear():
+    with pytest.raises(ValueError, match="only target trials"):
+        metrics.eer([0.2, 0.3], [1, 1])
+    with pytest.raises(ValueError, match="p_target"):
+        metrics.min_dcf([0.2, 0.3], [1, 0], 1.5)
+
+
+def test_weighted_eers_equal_eer_of_repeated_trials():
+    rng = np.random.default_rng(3)
+    scores, labels = random_trials(3, 80, ties=True)
+    lab = labels.astype(bool)
+    order, starts = metrics._sorted_groups(scores, lab)
+    counts = rng.integers(0, 3, size=(20, scores.size))
+    counts[:, np.flatnonzero(lab)[0]] += 1  # both classes present in every copy
+    counts[:, np.flatnonzero(~lab)[0]] += 1
+    got = metrics._eers_from_sorted_counts(lab[order], starts, counts[:, order])
+    for b in range(counts.shape[0]):
+        ref = metrics.eer(np.repeat(scores, counts[b]), np.repeat(labels, counts[b]))
+        assert got[b] == pytest.approx(ref, abs=1e-12)
+
+
+def test_bootstrap_eer_interval():
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = rng.random(n) < 0.5
+    scores = rng.normal(size=n) + 2.0 * labels
+    point = metrics.eer(scores, labels)
+    lo, hi = metrics.bootstrap_eer(scores, labels, n_boot=300, seed=1)
+    assert lo < point < hi
+    assert hi - lo < 0.05
+    assert (lo, hi) == metrics.bootstrap_eer(scores, labels, n_boot=300, seed=1)
+    lo_s, hi_s = metrics.bootstrap_eer(scores[:400], labels[:400], n_boot=300, seed=1)
+    assert hi_s - lo_s > hi - lo  # fewer trials, wider interval
+
+
+def test_nmi_and_purity_hand_computed():
+    true = [0, 0, 0, 1, 1, 1]
+    pred = [0, 0, 1, 1, 1, 1]
+    # contingency [[2, 1], [0, 3]]
+    n = 6
+    h_t = math.log(2)
+    h_p = -(2 / 6 * math.log(2 / 6) + 4 / 6 * math.log(4 / 6))
+    mi = (2 / n * math.log(2 * n / (3 * 2)) + 1 / n * math.log(1 * n / (3 * 4))
+          + 3 / n * math.log(3 * n / (3 * 4)))
+    assert metrics.nmi(true, pred) == pytest.approx(mi / ((h_t + h_p) / 2), abs=1e-12)
+    assert metrics.purity(true, pred) == pytest.approx(5 / 6, abs=1e-12)
+    assert metrics.nmi(true, true) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.nmi([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.nmi([3, 3, 3], [7, 7, 7]) == 1.0
+    assert metrics.purity([0, 1, 2, 3], [0, 0, 0, 0]) == 0.25
+    assert metrics.purity([0, 1, 2, 3], [0, 1, 2, 3]) == 1.0
+
+
+def test_nmi_purity_invariant_to_label_permutation():
+    rng = np.random.default_rng(4)
+    true = rng.integers(0, 7, 300)
+    pred = np.where(rng.random(300) < 0.7, true, rng.integers(0, 9, 300))
+    perm = rng.permutation(20)
+    names = np.array([f"spk{i}" for i in range(7)])
+    assert metrics.nmi(names[true], perm[pred]) == pytest.approx(metrics.nmi(true, pred), abs=1e-12)
+    assert metrics.purity(true, perm[pred] + 100) == pytest.approx(
+        metrics.purity(true, pred), abs=1e-12)
+    assert metrics.nmi(true, pred) == pytest.approx(metrics.nmi(pred, true), abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.nmi([0, 1], [0])
+    with pytest.raises(ValueError):
+        metrics.purity([], [])
