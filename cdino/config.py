@@ -55,6 +55,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: value {value!r} matches none of {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and ("off" in choices or "on" in choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as false/true
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value

@@ -49,11 +49,13 @@ def test_centre_and_ema_follow_their_formulas(tiny_data, tmp_path):
     c0 = method.center.clone()
     fe = method.ctx.frontend
     g = torch.Generator().manual_seed(3)
-    loss, stats = method.training_step(method.student, batch, 0, 0, g)
     g2 = torch.Generator().manual_seed(3)
     feats = fe(batch["global"], augment=True, generator=g2)
     with torch.no_grad():
         t_out = method.teacher(feats)
+    loss, stats = method.training_step(method.student, batch, 0, 0, g)
+    assert torch.equal(method.center, c0)  # the centre moves once per optimiser step
+    method.update_center()
     expect = 0.9 * c0 + 0.1 * t_out.mean(dim=(0, 1), keepdim=False).unsqueeze(0)
     assert torch.allclose(method.center, expect, atol=1e-6)
     assert all(k in stats for k in ("teacher_entropy", "student_entropy", "kl", "teacher_mi"))
@@ -207,7 +209,7 @@ def test_two_process_torchrun_follows_single_process_loss(tiny_data, tmp_path):
         "from cdino.data.kaldi_dir import DataDir\n"
         "from cdino.methods.dino import DinoMethod\n"
         "from cdino.train.trainer import TrainConfig, Trainer\n"
-        f"cfg = load_config(TrainConfig, json.loads({json.dumps(json.dumps(TINY))!r}),\n"
+        f"cfg = load_config(TrainConfig, json.loads({json.dumps(TINY)!r}),\n"
         "                  overrides=['trainer.micro_batch=4', 'augment.reverb_prob=0.0', 'augment.noise_prob=0.0'])\n"
         "t = Trainer(cfg, DinoMethod(), DataDir.load(sys.argv[1]), sys.argv[2])\n"
         "t.fit()\n"

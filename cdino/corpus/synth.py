@@ -31,12 +31,13 @@ import math
 import multiprocessing
 import os
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
+from scipy import fft as sp_fft
 from scipy import signal
 
 from cdino.config import to_dict
@@ -216,7 +217,6 @@ _VARIANT_KEYS = ("pitch", "formant", "flutter", "roughness", "breath", "name", "
 class Speaker:
     """One simulated talker: the voice and how it is produced."""
 
-    spk: str
     gender: str  # "m" or "f"
     accent: str  # espeak-ng language voice
     base_variant: str  # built-in variant the individual voice starts from
@@ -289,7 +289,7 @@ def make_speaker(seed: int, index: int) -> Speaker:
     text = _variant_text(rng, base, f0 / alpha, top / alpha, klatt)
     breathy = rng.random() < 0.3
     return Speaker(
-        spk="", gender=gender, accent=accent, base_variant=base, variant_text=text,
+        gender=gender, accent=accent, base_variant=base, variant_text=text,
         rate=float(np.clip(165 * np.exp(0.12 * rng.standard_normal()), 115, 230)),
         pitch_range=float(rng.uniform(30, 80)), vtl_alpha=alpha,
         tilt_db=float(rng.uniform(-6, 3)),
@@ -380,13 +380,13 @@ def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
     for _ in range(int(rng.integers(3, 6))):
         variants = MALE_VARIANTS + FEMALE_VARIANTS
         voice = f"{ACCENTS[int(rng.integers(len(ACCENTS)))]}+{variants[int(rng.integers(len(variants)))]}"
-        wave, _ = espeak.synthesize(make_sentence(rng, int(seconds * 3) + 2), voice,
+        talk, _ = espeak.synthesize(make_sentence(rng, int(seconds * 3) + 2), voice,
                                     rate=int(rng.integers(140, 200)), pitch=int(rng.integers(30, 70)),
                                     seed=int(rng.integers(1 << 30)), sample_rate=SAMPLE_RATE)
-        wave = wave[: n].astype(np.float64)
-        wave /= math.sqrt(_speech_power(wave))
-        start = int(rng.integers(0, max(1, n - len(wave) + 1)))
-        mix[start:start + len(wave)] += wave
+        talk = talk[: n].astype(np.float64)
+        talk /= math.sqrt(_speech_power(talk))
+        start = int(rng.integers(0, max(1, n - len(talk) + 1)))
+        mix[start:start + len(talk)] += talk
     return mix
 
 
@@ -434,9 +434,10 @@ def _noise(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
         for k, amp in enumerate(sess.hum_harmonics, start=1):
             out += amp * np.sin(2 * math.pi * sess.hum_hz * k * t + rng.uniform(0, 2 * math.pi))
         return out
-    spec = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0)
-    return np.fft.irfft(spec * freqs ** (-sess.noise_slope / 2), n)
+    size = sp_fft.next_fast_len(n, real=True)
+    spec = sp_fft.rfft(rng.standard_normal(size))
+    freqs = np.maximum(sp_fft.rfftfreq(size, 1 / SAMPLE_RATE), 20.0)
+    return sp_fft.irfft(spec * freqs ** (-sess.noise_slope / 2), size)[:n]
 
 
 # --------------------------------------------------------------------------- utterances
@@ -453,22 +454,22 @@ def _trim_silence(x: np.ndarray, rate: int) -> np.ndarray:
     return x[loud[0] * hop:(loud[-1] + 1) * hop]
 
 
-def _voice(spk: Speaker, rng: np.random.Generator, seconds: float, seed_key: int) -> np.ndarray:
+def _voice(spk: Speaker, rng: np.random.Generator, seconds: float) -> np.ndarray:
     """The dry voice of one utterance at 16 kHz: espeak-ng, vocal tract, voice quality."""
     native = espeak.native_sample_rate()
     rate = spk.rate * math.exp(0.06 * rng.standard_normal())
     parts, total = [], 0.0
-    for attempt in range(4):
+    for _ in range(4):
         n_words = max(2, int(seconds * rate / 60 * 1.2) + 1)
-        wave, _ = espeak.synthesize(
+        speech, _ = espeak.synthesize(
             make_sentence(rng, n_words), f"{spk.accent}",
             rate=int(np.clip(rate / spk.vtl_alpha, 80, 450)),
             pitch=int(np.clip(50 + 4 * rng.standard_normal(), 0, 100)),
             pitch_range=int(np.clip(spk.pitch_range + 6 * rng.standard_normal(), 0, 100)),
-            variant_text=spk.variant_text, seed=seed_key * 8 + attempt, sample_rate=None)
-        wave = _trim_silence(wave.astype(np.float64), native)
-        parts.append(wave)
-        total += len(wave) / native / spk.vtl_alpha
+            variant_text=spk.variant_text, seed=int(rng.integers(1 << 30)), sample_rate=None)
+        speech = _trim_silence(speech.astype(np.float64), native)
+        parts.append(speech)
+        total += len(speech) / native / spk.vtl_alpha
         if total >= seconds:
             break
         parts.append(np.zeros(int(rng.uniform(0.15, 0.4) * native)))
@@ -534,14 +535,17 @@ def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
         for u in range(1, cfg.utts_per_session + 1):
             rng = _seq(cfg.seed, _UTTERANCE, index, s, u)
             seconds = float(rng.uniform(cfg.min_utt_seconds, cfg.max_utt_seconds))
-            key = ((index * 64 + s) * 256 + u) & 0xFFFFFF
-            dry = _voice(speaker, rng, seconds, key)
-            wave = _record(dry, sess, rng, seconds)
+            dry = _voice(speaker, rng, seconds)
+            audio = _record(dry, sess, rng, seconds)
             rel = f"wav/{spk}/sess{s}_utt{u:02d}.wav"
             path = Path(split_dir) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            pcm = np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
-            sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
+            with wave.open(str(path), "wb") as fh:  # 16-bit PCM, little-endian
+                fh.setnchannels(1)
+                fh.setsampwidth(2)
+                fh.setframerate(SAMPLE_RATE)
+                fh.writeframes(pcm.tobytes())
             rows.append((f"{spk}-s{s}-u{u:02d}", rel, s, len(pcm) / SAMPLE_RATE))
     return rows
 

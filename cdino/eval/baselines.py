@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdino.console import progress_enabled
 from cdino.data.kaldi_dir import DataDir, read_trials
 from cdino.eval.verification import score_trials
 from cdino.frontend.fbank import Fbank, FbankConfig
@@ -26,9 +27,9 @@ def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
         return out
     torch.manual_seed(cfg.trainer.seed)
     encoder = build_encoder(cfg.encoder)
-    store = open_store(DataDir.load(train_dir), cfg.data, progress=cfg.trainer.progress)
+    store = open_store(DataDir.load(train_dir), cfg.data, progress=progress_enabled(cfg.trainer.progress))
     return export_model(encoder, cfg, store, torch.device("cpu"), out, {"method": "untrained"},
-                        progress=cfg.trainer.progress)
+                        progress=progress_enabled(cfg.trainer.progress))
 
 
 @torch.no_grad()

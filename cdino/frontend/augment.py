@@ -27,6 +27,7 @@ augmented are computed; on an accelerator all rows are computed and selected wit
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +338,7 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
     return torch.rand(shape, generator=generator, device=where).to(device, non_blocking=True)
 
 
+@functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n (sizes every FFT library handles fast)."""
     best = 1 << (n - 1).bit_length()

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cdino.console import progress_enabled
 from cdino.methods.dino import DinoMethod
 from cdino.methods.store_embedding import embed_store
 from cdino.metrics import nmi, purity
@@ -123,7 +124,7 @@ class ClusterAwareDinoMethod(DinoMethod):
         ctx = self.ctx
         emb = embed_store(self.teacher.encoder, ctx.frontend, ctx.store, ctx.device,
                           max_seconds=self.cc.embed_seconds,
-                          progress=ctx.rank == 0 and ctx.cfg.trainer.progress,
+                          progress=ctx.rank == 0 and progress_enabled(ctx.cfg.trainer.progress),
                           desc=f"embedding for clustering (epoch {epoch + 1})")
         k = min(self._n_clusters(), max(2, len(emb) // 2))
         result = cluster(emb, KMeansConfig(n_clusters=k, n_iter=self.cc.kmeans_iter,

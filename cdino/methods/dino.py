@@ -138,6 +138,8 @@ class DinoMethod(Method):
             self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.to(ctx.device)
         self.center = self.center.to(ctx.device)
+        self._center_sum = torch.zeros_like(self.center)
+        self._center_parts = 0
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.total_steps = None
@@ -170,8 +172,10 @@ class DinoMethod(Method):
         loss = dino_loss(s_out, t_out, self.center, self.dc.student_temp, tt)
         with torch.no_grad():
             stats = self._stats(s_out.float(), t_out, tt)
-            batch_center = all_reduce_mean(t_out.mean(dim=(0, 1), keepdim=False).unsqueeze(0))
-            self.center.mul_(self.dc.center_momentum).add_(batch_center, alpha=1 - self.dc.center_momentum)
+            # The centre moves once per optimiser step, with the mean teacher output of the
+            # whole global batch (all micro-batches, all ranks): independent of the GPU count.
+            self._center_sum += t_out.mean(dim=(0, 1)).unsqueeze(0)
+            self._center_parts += 1
         stats["loss"] = loss.detach()
         return loss, stats
 
@@ -208,7 +212,18 @@ class DinoMethod(Method):
                 p.grad = None
 
     @torch.no_grad()
+    def update_center(self) -> None:
+        """c ← m·c + (1 − m)·mean(teacher outputs of the global batch)."""
+        if self._center_parts == 0:
+            return
+        batch_center = all_reduce_mean(self._center_sum / self._center_parts)
+        self.center.mul_(self.dc.center_momentum).add_(batch_center, alpha=1 - self.dc.center_momentum)
+        self._center_sum.zero_()
+        self._center_parts = 0
+
+    @torch.no_grad()
     def after_optimizer_step(self, step, epoch):
+        self.update_center()
         m = self.ema_momentum(step + 1)
         t_params = list(self.teacher.parameters())
         s_params = list(self.student.parameters())

@@ -21,27 +21,6 @@ from torch import nn
 EPS = 1e-6
 
 
-def aam_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float | torch.Tensor,
-               scale: float, easy_margin: bool = False) -> torch.Tensor:
-    """Scaled logits from cosines ``(B, C)``: ``cos(θ_y + m)`` on each target class.
-
-    Kept apart from the module so a caller can apply the margin for several label sets
-    (e.g. pseudo labels and corrected labels) to one set of cosines.
-    """
-    cos = cos.float()
-    m = torch.as_tensor(margin, dtype=torch.float32, device=cos.device)
-    index = labels.long().unsqueeze(1)
-    target = cos.gather(1, index).clamp(-1.0 + EPS, 1.0 - EPS)
-    sin = torch.sqrt(1.0 - target * target)
-    shifted = target * torch.cos(m) - sin * torch.sin(m)  # cos(θ + m)
-    if easy_margin:
-        shifted = torch.where(target > 0, shifted, target)
-    else:
-        # past θ = π - m, fall back to cos θ - m·sin m (keeps the logit monotonic)
-        shifted = torch.where(target > torch.cos(math.pi - m), shifted, target - m * torch.sin(m))
-    return scale * cos.scatter(1, index, shifted)
-
-
 class AAMSoftmax(nn.Module):
     """AAM-softmax classifier: embedding ``(B, in_dim)`` → scaled logits ``(B, n_classes)``
     to feed to cross-entropy."""
@@ -81,7 +60,11 @@ class AAMSoftmax(nn.Module):
 def aam_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float | torch.Tensor,
                scale: float, easy_margin: bool = False) -> torch.Tensor:
     """AAM-softmax logits from cosines ``(B, C)``: ``scale · cos θ`` with ``cos(θ + m)`` on
-    each row's target class ``labels`` ``(B,)``; computed in fp32."""
+    each row's target class ``labels`` ``(B,)``; computed in fp32.
+
+    Kept apart from the module so a caller can apply the margin for several label sets
+    (e.g. pseudo labels and corrected labels) to one set of cosines.
+    """
     with torch.autocast(device_type=cos.device.type, enabled=False):
         cos = cos.float()
         m = torch.as_tensor(margin, dtype=torch.float32, device=cos.device)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdino.console import progress_enabled
 from cdino.data.kaldi_dir import DataDir, read_visual
 from cdino.errors import CdinoError, DataError
 from cdino.methods.base import FeatureFrontend
@@ -77,7 +78,7 @@ def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: 
             "train_seconds": time.perf_counter() - t0, "history": history}
     if trainer.dist.is_main:
         export_model(encoder, cfg, trainer.store, trainer.device, out / "model", info,
-                     progress=cfg.trainer.progress)
+                     progress=progress_enabled(cfg.trainer.progress))
     barrier()
     return out / "model"
 
@@ -97,7 +98,7 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
     t0 = time.perf_counter()
     from cdino.data.loader import open_store
 
-    store = open_store(data, cfg.data, progress=cfg.trainer.progress)
+    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress))
     labels = _true_labels(data, store.utts)
     method = PseudoLabelMethod(labels, name="supervised")
     trainer = Trainer(cfg, method, data, out, resume=resume, store=store)
@@ -106,7 +107,7 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
             "history": history}
     if trainer.dist.is_main:
         export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
-                     progress=cfg.trainer.progress)
+                     progress=progress_enabled(cfg.trainer.progress))
     barrier()
     return out / "model"
 
@@ -136,7 +137,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     data = DataDir.load(data_dir)
     pc = cfg.pseudo
     device = resolve_device(cfg.trainer.device)
-    store = open_store(data, cfg.data, progress=cfg.trainer.progress)
+    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress))
     true = _true_labels(data, store.utts)
     visual = has_visual = None
     if pc.modality == "audio_visual":
@@ -178,7 +179,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
                    "seconds": time.perf_counter() - t0}
         export_model(encoder, cfg, store, device, rdir / "model",
                      {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
-                     progress=cfg.trainer.progress)
+                     progress=progress_enabled(cfg.trainer.progress))
         summary_path.write_text(json.dumps(summary, indent=1))
         if on_round is not None:
             on_round(r, rdir / "model", summary)
@@ -194,7 +195,7 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     t0 = time.perf_counter()
     emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
-                      progress=cfg.trainer.progress, desc="embedding for pseudo labels")
+                      progress=progress_enabled(cfg.trainer.progress), desc="embedding for pseudo labels")
     emb = emb - emb.mean(0)
     x, weight = emb, None
     if visual is not None:

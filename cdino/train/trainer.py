@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cdino.console import progress_enabled
 from cdino.config import save_config, to_dict
 from cdino.data.kaldi_dir import DataDir
 from cdino.data.loader import DataConfig, GlobalBatchSampler, make_loader, open_store
@@ -185,12 +186,12 @@ class Trainer:
         np.random.seed(tc.seed % (2**32))
         banks = build_banks(cfg.noise).to(self.device)
         self.frontend = FeatureFrontend(cfg.fbank, cfg.augment, banks).to(self.device)
-        self.store = store if store is not None else open_store(data, cfg.data, progress=self.dist.is_main and tc.progress)
+        self.store = store if store is not None else open_store(data, cfg.data, progress=self.dist.is_main and progress_enabled(tc.progress))
         skipped = getattr(self.store, "skipped", None)
         if skipped is not None and skipped.count and self.dist.is_main:
             skipped.write(self.out_dir / "skipped.tsv")
             self.log(f"training data: {skipped.summary()} (list in skipped.tsv)")
-            if tc.progress:
+            if progress_enabled(tc.progress):
                 print(f"warning: {skipped.summary()}; see {self.out_dir / 'skipped.tsv'}")
         ctx = MethodContext(cfg=cfg, device=self.device, rank=self.dist.rank,
                             world_size=world, store=self.store, data=data,
@@ -313,7 +314,7 @@ class Trainer:
                               "or choose another --out")
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.dist.is_main and tc.progress),
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.dist.is_main and progress_enabled(tc.progress)),
                    desc=self.method.name, unit="step", dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()

@@ -1,0 +1,115 @@
+"""Pseudo-label rounds with DLG-LC on the shared trainer: switches, rounds, diagnostics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdino.api import save_model_folder
+from cdino.config import load_config
+from cdino.data.kaldi_dir import DataDir
+from cdino.methods.pseudo_label import PseudoLabelMethod
+from cdino.models.registry import build_encoder
+from cdino.train import stages
+from cdino.train.trainer import TrainConfig, Trainer
+
+from conftest import write_speaker_dir
+
+BASE = {
+    "encoder": {"name": "ecapa_tdnn_small"},
+    "trainer": {"epochs": 3, "global_batch": 8, "log_every": 2, "progress": False, "tensorboard": False,
+                "threads": 1},
+    "optim": {"name": "adamw", "lr": 0.002, "lr_scale_with_batch": False, "warmup_epochs": 0.3},
+    "pseudo": {"rounds": 2, "kmeans": {"n_clusters": 4}, "min_seconds": 0.8, "max_seconds": 1.0,
+               "gate": {"warmup_epochs": 1}, "correction": {"start_epoch": 1}},
+}
+
+
+@pytest.fixture
+def init_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(TrainConfig, BASE)
+    enc = build_encoder(cfg.encoder)
+    return save_model_folder(tmp_path / "init", enc, cfg.encoder, cfg.fbank,
+                             np.zeros(enc.embed_dim, np.float32), 0.5, "test")
+
+
+def _run_round(data_dir, tmp_path, over, labels=None):
+    cfg = load_config(TrainConfig, BASE, overrides=over)
+    data = DataDir.load(data_dir)
+    true = data.speaker_labels()[0]
+    noisy = true.copy() if labels is None else labels
+    method = PseudoLabelMethod(noisy, true_labels=true, plot_dir=tmp_path / "plots")
+    trainer = Trainer(cfg, method, data, tmp_path / "exp")
+    history = trainer.fit()
+    return history, method
+
+
+def test_gate_off_keeps_everything(tiny_data, tmp_path):
+    history, _ = _run_round(tiny_data, tmp_path, ["pseudo.gate.mode=off", "pseudo.correction.enabled=false"])
+    assert all(h["reliable_fraction"] == 1.0 and h["corrected_fraction"] == 0.0 for h in history)
+    assert all(h["threshold"] is None for h in history)
+
+
+def test_fixed_gate_uses_the_given_threshold(tiny_data, tmp_path):
+    history, _ = _run_round(tiny_data, tmp_path, ["pseudo.gate.mode=fixed", "pseudo.gate.fixed_threshold=0.01",
+                                                  "pseudo.correction.enabled=false"])
+    assert history[0]["threshold"] is None  # warm-up epoch is ungated
+    assert history[1]["threshold"] == pytest.approx(0.01)
+    assert history[1]["reliable_fraction"] < 1.0
+
+
+def test_dynamic_gate_with_correction_flags_flipped_labels(tiny_data, tmp_path):
+    data = DataDir.load(tiny_data)
+    true = data.speaker_labels()[0]
+    rng = np.random.default_rng(0)
+    noisy = true.copy()
+    flip = rng.random(len(noisy)) < 0.25
+    noisy[flip] = (noisy[flip] + rng.integers(1, 4, flip.sum())) % 4
+    history, method = _run_round(tiny_data, tmp_path, ["trainer.epochs=4"], labels=noisy)
+    gated = [h for h in history if h["threshold"] is not None]
+    assert gated, history
+    assert all(0.0 < h["reliable_fraction"] <= 1.0 for h in gated)
+    assert any(h["corrected_fraction"] > 0 for h in gated)
+    assert all("gate_recall" in h for h in gated)  # diagnostics from true labels are logged
+    assert list((tmp_path / "plots").glob("*.png")), "a loss-gate plot per gated epoch"
+
+
+def test_rounds_skip_finished_and_export(tiny_data, tmp_path, init_model):
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2"])
+    seen = []
+    summaries = stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / "p",
+                                           on_round=lambda r, m, s: seen.append(r))
+    assert [s["round"] for s in summaries] == [1, 2] and seen == [1, 2]
+    for r in (1, 2):
+        assert stages.model_complete(tmp_path / "p" / f"round{r}" / "model")
+        assert (tmp_path / "p" / f"round{r}" / "utt2cluster").is_file()
+    assert "nmi" in summaries[0]["clustering"]  # diagnostic from utt2spk
+    # rerun: both rounds are skipped (no callback, same summaries)
+    seen.clear()
+    again = stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / "p",
+                                       on_round=lambda r, m, s: seen.append(r))
+    assert seen == [] and [s["round"] for s in again] == [1, 2]
+
+
+def test_audio_visual_rounds(tmp_path, init_model):
+    data_dir = write_speaker_dir(tmp_path / "av", 4, 6, 1.0, visual_dim=8)
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2", "pseudo.rounds=1",
+                                                    "pseudo.modality=audio_visual"])
+    summaries = stages.train_pseudo_rounds(cfg, data_dir, init_model, tmp_path / "mm")
+    cl = summaries[0]["clustering"]
+    assert "visual_weight" in cl and "nmi_audio_only" in cl
+    assert "visual_threshold" in summaries[0]["epochs"][-1]
+
+
+def test_supervised_reference_trains_on_true_labels(tiny_data, tmp_path):
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2"])
+    model = stages.train_supervised(cfg, tiny_data, tmp_path / "sup")
+    assert stages.model_complete(model)
+    info = json.loads(json.dumps(__import__("yaml").safe_load((model / "config.yaml").read_text())["info"]))
+    assert info["method"] == "supervised"
