@@ -109,7 +109,8 @@ def cuda_checks(batch: int, utt_seconds: float) -> dict[str, float]:
             tiled_ok = tiled_ok and torch.equal(row, wave[b, (first + step) % 1000])
     diff = (frontend.fbank(noisy).cpu() - cpu_fbank).abs()
     checks = {
-        "cuda_fbank_abs_diff_vs_cpu": {"mean": diff.mean().item(), "p99.99": diff.flatten()[::7].quantile(0.9999).item(),
+        "cuda_fbank_abs_diff_vs_cpu": {"mean": diff.mean().item(),
+                                       "p99.99": diff.flatten()[::7].quantile(0.9999).item(),
                                        "max": diff.max().item()},
         "cuda_snr_max_error_db": snr_err.item(),
         "cuda_tiled_crops_ok": tiled_ok,

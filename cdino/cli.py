@@ -103,10 +103,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def cmd_embed(args) -> int:
     from cdino.api import run_embed
 
-    run_embed(args.model, args.data, args.out, device=args.device)
+    run_embed(args.model, args.data, args.out, device=_device(args.device))
     return 0
 
 
@@ -114,7 +122,8 @@ def cmd_eval(args) -> int:
     from cdino.api import run_eval
 
     run_eval(args.model, args.data, args.trials, args.json, scores_out=args.scores,
-             plots_dir=args.plots, asnorm_top_n=args.asnorm, cohort=args.cohort, device=args.device)
+             plots_dir=args.plots, asnorm_top_n=args.asnorm, cohort=args.cohort,
+             device=_device(args.device))
     return 0
 
 

@@ -196,7 +196,7 @@ class Pipeline:
         edir = self.out / "eval" / name
         edir.mkdir(parents=True, exist_ok=True)
         res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
-                       scores_out=edir / "scores.txt", quiet=True)
+                       scores_out=edir / "scores.txt", progress=False)
         return dict(res)
 
     def stage_corpus(self) -> dict:

@@ -134,7 +134,8 @@ def simulated_rirs(rng: np.random.Generator, n: int, sample_rate: int, seconds: 
     rirs = tail
     rows = np.repeat(np.arange(n), 8)
     lag = rng.integers(int(0.001 * sample_rate), int(0.05 * sample_rate), (n, 8))
-    gain = rng.uniform(0.1, 0.5, (n, 8)) * rng.choice([-1.0, 1.0], (n, 8)) * 10.0 ** (-3.0 * lag / (sample_rate * rt60[:, None]))
+    decay = 10.0 ** (-3.0 * lag / (sample_rate * rt60[:, None]))  # the tail's envelope at that lag
+    gain = rng.uniform(0.1, 0.5, (n, 8)) * rng.choice([-1.0, 1.0], (n, 8)) * decay
     np.add.at(rirs, (rows, np.minimum(delay[:, None] + lag, length - 1).ravel()), gain.ravel())
     rirs[np.arange(n), delay] = 1.0
     return rirs.astype(np.float32), rt60.astype(np.float32)
