@@ -18,6 +18,7 @@ espeak-ng's voice-file format) to give a speaker an individual vocal tract.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import hashlib
 import itertools
 import os
@@ -98,12 +99,13 @@ def _private_home(source: Path) -> Path | None:
     need a data folder of our own: links to the shipped files plus a real ``voices/!v``.
     It is built once per user and data version, atomically, and then reused.
     """
-    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    home = Path(tempfile.gettempdir()) / f"cdino-espeak-{uid}-{key}"
-    if (home / "voices" / "!v" / "m1").exists():
-        return home
     try:
+        stamp = f"{source.resolve()}:{(source / 'phondata').stat().st_mtime_ns}"
+        key = hashlib.sha1(stamp.encode()).hexdigest()[:10]
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        home = Path(tempfile.gettempdir()) / f"cdino-espeak-{uid}-{key}"
+        if (home / "voices" / "!v" / "m1").exists():
+            return home
         build = Path(tempfile.mkdtemp(prefix=home.name + ".", dir=home.parent))
         for entry in source.iterdir():
             if entry.name != "voices":
@@ -159,9 +161,12 @@ class _Engine:
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
         # espeak-ng draws noise from its own generator and from the C library's rand().
-        libc = ctypes.CDLL(None)
-        libc.srand.argtypes = [ctypes.c_uint]
-        libc.srand.restype = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+            libc.srand.argtypes = [ctypes.c_uint]
+            libc.srand.restype = None
+        except (OSError, TypeError, AttributeError):
+            libc = None
         self.libc = libc
 
         source = data_path()
@@ -199,7 +204,8 @@ class _Engine:
         custom = None
         if variant_text is not None:
             if self.home is None:
-                raise EspeakError("custom espeak-ng variants need a writable temporary folder")
+                raise EspeakError("espeak-ng variants of cdino need a writable temporary folder "
+                                  f"({tempfile.gettempdir()}); set TMPDIR to one")
             custom = self.home / "voices" / "!v" / f"cdino-{os.getpid()}-{next(self._counter)}"
             text = variant_text if variant_text.lstrip().startswith("language") else (
                 "language variant\n" + variant_text)
@@ -208,9 +214,8 @@ class _Engine:
         try:
             full = f"{name}+{variant}" if variant else name
             if self.lib.espeak_SetVoiceByName(full.encode()) != _EE_OK:
-                raise EspeakError(f"espeak-ng voice '{name}' not found (known: "
-                                  f"{', '.join(v for v in available_voices() if v.startswith('en'))}"
-                                  ", ...)")
+                english = ", ".join(v for v in available_voices() if v.startswith("en"))
+                raise EspeakError(f"espeak-ng voice '{name}' not found (known: {english}, ...)")
         finally:
             if custom is not None:  # espeak-ng has read the file into its voice by now
                 custom.unlink(missing_ok=True)
@@ -223,13 +228,15 @@ class _Engine:
                              (_PARAM_RANGE, pitch_range), (_PARAM_VOLUME, volume)):
             self.lib.espeak_SetParameter(param, int(value), 0)
         self.lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
-        self.libc.srand(int(seed) & 0x7FFFFFFF)
+        if self.libc is not None:
+            self.libc.srand(int(seed) & 0x7FFFFFFF)
         data = text.encode("utf-8")
         self._chunks = []
         status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0,
                                        _CHARS_UTF8 | _ENDPAUSE, None, None)
         if status != _EE_OK:
-            raise EspeakError(f"espeak-ng failed to synthesise (status {status}) with voice '{voice}'")
+            raise EspeakError(f"espeak-ng failed to synthesise with voice '{voice}' "
+                              f"(status {status})")
         samples = np.frombuffer(b"".join(self._chunks), dtype=np.int16)
         self._chunks = []
         return samples.astype(np.float32) / 32768.0
@@ -237,6 +244,15 @@ class _Engine:
 
 _ENGINE: tuple[int, _Engine] | None = None
 _LOCK = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # a fork while another thread synthesises
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def _engine() -> _Engine:
@@ -261,11 +277,15 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50,
 
     ``rate`` in words per minute (80–450), ``pitch`` and ``pitch_range`` 0–100 (50 is the
     voice's own), ``volume`` 0–200. ``variant_text`` is a variant file's content used in
-    place of a ``+variant``. ``seed`` fixes espeak-ng's internal noise. espeak-ng carries
-    the phase of its pitch flutter and roughness from one call to the next, so with
-    ``deterministic`` (the default) both are switched off and equal arguments give equal
-    samples whatever was synthesised before. ``sample_rate=None`` returns espeak-ng's native rate (22050 Hz);
-    otherwise the wave is resampled with soxr.
+    place of a ``+variant``. ``seed`` fixes espeak-ng's internal noise.
+
+    espeak-ng keeps state from one call to the next: the phase of its pitch flutter and
+    roughness above all. With ``deterministic`` (the default) both are switched off, and
+    equal arguments then give equal samples for almost every voice whatever was
+    synthesised before; a few voices (``en-gb-scotland`` is one) still carry some state
+    inside the library, so bit-exact reproduction needs the same sequence of calls in a
+    fresh process (what :mod:`cdino.corpus.synth` does). ``sample_rate=None`` returns
+    espeak-ng's native rate (22050 Hz); otherwise the wave is resampled with soxr.
     """
     if not 80 <= rate <= 450:
         raise ValueError(f"rate {rate} outside 80..450 words per minute")

@@ -25,7 +25,6 @@ utterance)``, so a seed gives the same files bit for bit whatever ``workers`` is
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -40,7 +39,7 @@ import soxr
 from scipy import fft as sp_fft
 from scipy import signal
 
-from cdino.config import to_dict
+from cdino.config import from_dict, to_dict
 from cdino.corpus import espeak
 from cdino.errors import ConfigError
 
@@ -110,6 +109,13 @@ class SynthConfig:
         if self.n_trials // 2 > available:
             raise ConfigError(f"n_trials: {self.n_trials} asks for {self.n_trials // 2} target "
                               f"trials but the test set has only {available} cross-session pairs")
+        per_spk = self.sessions_per_speaker * self.utts_per_session
+        n_utts = self.n_test_speakers * per_spk
+        same_speaker = self.n_test_speakers * per_spk * (per_spk - 1) // 2
+        different = n_utts * (n_utts - 1) // 2 - same_speaker
+        if self.n_trials - self.n_trials // 2 > different:
+            raise ConfigError(f"n_trials: {self.n_trials} asks for more non-target trials than "
+                              f"the {different} pairs of different test speakers")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SynthConfig:
@@ -120,18 +126,11 @@ class SynthConfig:
                           max_utt_seconds=3.0, n_trials=4000),
             "tiny": dict(n_train_speakers=6, n_test_speakers=4, sessions_per_speaker=2,
                          utts_per_session=3, min_utt_seconds=0.8, max_utt_seconds=1.2,
-                         n_trials=40, workers=1),
+                         n_trials=40, workers=2),
         }
         if name not in presets:
             raise ConfigError(f"unknown corpus preset '{name}' (known: {', '.join(presets)})")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in overrides:
-            if key not in fields:
-                raise ConfigError(f"unknown config key '{key}' (known keys here: "
-                                  f"{', '.join(sorted(fields))})")
-        cfg = cls(**{**presets[name], **overrides})
-        cfg.validate()
-        return cfg
+        return from_dict(cls, {**presets[name], **overrides})  # strict: types, keys, validate
 
 
 # --------------------------------------------------------------------------- texts
@@ -144,14 +143,14 @@ _ADJECTIVES = ("old new small large quiet noisy bright dark warm cold heavy ligh
                "distant local rough smooth sharp soft fresh bitter sweet silver").split()
 _NOUNS = ("house garden river market window table letter morning evening station teacher "
           "doctor kitchen bridge village forest mountain bottle basket ticket pocket camera "
-          "engine island island harbour library museum picture blanket candle carpet "
-          "chicken dinner farmer hammer ladder mirror needle orange pencil rabbit saddle "
-          "shadow silver sister summer tunnel valley wagon winter boat coat road field "
-          "stone cloud song story paper bread music water coffee office meeting problem "
-          "answer question report machine student company number weather journey").split()
+          "engine island harbour library museum picture blanket candle carpet chicken "
+          "dinner farmer hammer ladder mirror needle orange pencil rabbit saddle shadow "
+          "sister tunnel valley wagon boat coat road field stone cloud song story paper "
+          "office meeting problem answer question report machine student company number "
+          "journey box bus brush glass church watch key toy").split()
 _VERBS_PAST = ("found opened carried painted cleaned watched followed borrowed dropped "
                "moved pushed pulled sold bought built fixed lost kept left brought "
-               "found noticed visited described counted repaired covered checked").split()
+               "noticed visited described counted repaired covered checked").split()
 _VERBS_BASE = ("find open carry paint clean watch follow borrow move sell buy build fix "
                "keep bring visit describe count repair cover check answer call finish").split()
 _PLACES = ("near the station", "behind the house", "across the river", "under the bridge",
@@ -162,39 +161,53 @@ _TIMES = ("this morning", "last winter", "after dinner", "before the meeting", "
           "three days ago", "at half past seven")
 
 
-def _number_words(rng: np.random.Generator) -> str:
-    return str(int(rng.integers(2, 99)))
+def _pick(rng: np.random.Generator, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    if noun.endswith(("s", "sh", "ch", "x")):
+        return noun + "es"
+    return noun + "s"
 
 
 def _clause(rng: np.random.Generator) -> str:
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
-    kind = int(rng.integers(7))
+    """One statement from a template, its words drawn from the lists above."""
+    def w(seq):
+        return _pick(rng, seq)
+    kind = int(rng.integers(6))
     if kind == 0:
-        return f"the {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_VERBS_PAST)} the {pick(_NOUNS)}"
+        return f"the {w(_ADJECTIVES)} {w(_NOUNS)} {w(_VERBS_PAST)} the {w(_NOUNS)}"
     if kind == 1:
-        return f"{pick(_NAMES)} {pick(_VERBS_PAST)} a {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_PLACES)}"
+        return f"{w(_NAMES)} {w(_VERBS_PAST)} {_a(w(_ADJECTIVES))} {w(_NOUNS)} {w(_PLACES)}"
     if kind == 2:
-        return f"we should {pick(_VERBS_BASE)} the {pick(_NOUNS)} {pick(_TIMES)}"
+        return f"we should {w(_VERBS_BASE)} the {w(_NOUNS)} {w(_TIMES)}"
     if kind == 3:
-        return f"there were {_number_words(rng)} {pick(_NOUNS)}s {pick(_PLACES)}"
+        return f"there were {int(rng.integers(2, 99))} {_plural(w(_NOUNS))} {w(_PLACES)}"
     if kind == 4:
-        return f"did you {pick(_VERBS_BASE)} the {pick(_ADJECTIVES)} {pick(_NOUNS)} {pick(_TIMES)}"
-    if kind == 5:
-        return f"{pick(_NAMES)} and {pick(_NAMES)} {pick(_VERBS_PAST)} the {pick(_NOUNS)} {pick(_TIMES)}"
-    return f"my {pick(_NOUNS)} is {pick(_ADJECTIVES)} but the {pick(_NOUNS)} is {pick(_ADJECTIVES)}"
+        return f"{w(_NAMES)} and {w(_NAMES)} {w(_VERBS_PAST)} the {w(_NOUNS)} {w(_TIMES)}"
+    return f"my {w(_NOUNS)} is {w(_ADJECTIVES)} but the {w(_NOUNS)} is {w(_ADJECTIVES)}"
 
 
 def make_sentence(rng: np.random.Generator, n_words: int) -> str:
-    """Random English text of about ``n_words`` words, in sentences, from templates."""
+    """Random English text of about ``n_words`` words: statements and questions."""
     sentences, count = [], 0
     while count < n_words:
-        parts = [_clause(rng)]
-        while count + sum(len(p.split()) for p in parts) < n_words and rng.random() < 0.4:
-            parts.append(_clause(rng))
-        joiner = (", and ", ", but ", " because ", ", then ")[int(rng.integers(4))]
-        text = joiner.join(parts)
-        end = "?" if text.startswith("did you") else "."
-        sentences.append(text[0].upper() + text[1:] + end)
+        if rng.random() < 0.15:
+            text = (f"did you {_pick(rng, _VERBS_BASE)} the {_pick(rng, _ADJECTIVES)} "
+                    f"{_pick(rng, _NOUNS)} {_pick(rng, _TIMES)}?")
+        else:
+            parts = [_clause(rng)]
+            while count + sum(len(p.split()) for p in parts) < n_words and rng.random() < 0.4:
+                parts.append(_clause(rng))
+            text = _pick(rng, (", and ", ", but ", " because ", ", then ")).join(parts) + "."
+        sentences.append(text[0].upper() + text[1:])
         count += len(text.split())
     return " ".join(sentences)
 
@@ -274,14 +287,13 @@ def make_speaker(seed: int, index: int) -> Speaker:
     """Speaker number ``index`` (1-based, global over train and test) of corpus ``seed``."""
     rng = _seq(seed, _SPEAKER, index)
     gender = "m" if rng.random() < 0.5 else "f"
-    accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
-    variants = MALE_VARIANTS if gender == "m" else FEMALE_VARIANTS
-    base = variants[int(rng.integers(len(variants)))]
+    accent = _pick(rng, ACCENTS)
+    base = _pick(rng, MALE_VARIANTS if gender == "m" else FEMALE_VARIANTS)
     if gender == "m":
-        f0 = float(np.clip(100 * np.exp(0.16 * rng.standard_normal()), 70, 150))
+        f0 = float(np.clip(95 * np.exp(0.16 * rng.standard_normal()), 65, 140))
         alpha = float(rng.uniform(0.88, 1.04))
     else:
-        f0 = float(np.clip(190 * np.exp(0.13 * rng.standard_normal()), 140, 270))
+        f0 = float(np.clip(165 * np.exp(0.13 * rng.standard_normal()), 125, 240))
         alpha = float(rng.uniform(0.97, 1.12))
     top = f0 * float(rng.uniform(1.25, 1.8))
     klatt = int(rng.integers(1, 4)) if rng.random() < 0.2 else 0
@@ -351,6 +363,8 @@ class Session:
     babble: np.ndarray | None
     snr_db: float
     level_db: float  # RMS level of the recording, dBFS
+    pitch: float  # the speaker's espeak-ng pitch parameter on that day (50 = own voice)
+    rate_factor: float  # and speaking-rate factor
 
 
 def _make_rir(rng: np.random.Generator, rt60: float) -> np.ndarray:
@@ -366,11 +380,12 @@ def _make_rir(rng: np.random.Generator, rt60: float) -> np.ndarray:
     drr_db = rng.uniform(-3, 12)
     tail *= math.sqrt(10 ** (-drr_db / 10) / (np.sum(tail ** 2) + 1e-12))
     rir = tail
-    rir[0] += 1.0
-    for _ in range(int(rng.integers(4, 10))):
+    rir[0] += 1.0  # direct path
+    for _ in range(int(rng.integers(4, 10))):  # early reflections
         k = int(rng.uniform(0.002, 0.04) * SAMPLE_RATE)
-        rir[k] += rng.choice([-1, 1]) * rng.uniform(0.1, 0.6) * math.exp(-k / SAMPLE_RATE / rt60 * 3)
-    return rir.astype(np.float64)
+        decay = math.exp(-3 * k / SAMPLE_RATE / rt60)
+        rir[k] += rng.choice([-1, 1]) * rng.uniform(0.1, 0.6) * decay
+    return rir
 
 
 def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
@@ -378,10 +393,10 @@ def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
     n = int(seconds * SAMPLE_RATE)
     mix = np.zeros(n)
     for _ in range(int(rng.integers(3, 6))):
-        variants = MALE_VARIANTS + FEMALE_VARIANTS
-        voice = f"{ACCENTS[int(rng.integers(len(ACCENTS)))]}+{variants[int(rng.integers(len(variants)))]}"
+        voice = f"{_pick(rng, ACCENTS)}+{_pick(rng, MALE_VARIANTS + FEMALE_VARIANTS)}"
         talk, _ = espeak.synthesize(make_sentence(rng, int(seconds * 3) + 2), voice,
-                                    rate=int(rng.integers(140, 200)), pitch=int(rng.integers(30, 70)),
+                                    rate=int(rng.integers(140, 200)),
+                                    pitch=int(rng.integers(30, 70)),
                                     seed=int(rng.integers(1 << 30)), sample_rate=SAMPLE_RATE)
         talk = talk[: n].astype(np.float64)
         talk /= math.sqrt(_speech_power(talk))
@@ -419,6 +434,8 @@ def make_session(cfg: SynthConfig, index: int, session: int) -> Session:
         hum_harmonics=rng.uniform(0, 1, size=8) / np.arange(1, 9),
         babble=babble, snr_db=float(rng.uniform(*cfg.snr_db)),
         level_db=float(rng.uniform(-32, -18)),
+        pitch=float(np.clip(50 + 5 * rng.standard_normal(), 35, 65)),
+        rate_factor=float(np.exp(0.05 * rng.standard_normal())),
     )
 
 
@@ -454,17 +471,17 @@ def _trim_silence(x: np.ndarray, rate: int) -> np.ndarray:
     return x[loud[0] * hop:(loud[-1] + 1) * hop]
 
 
-def _voice(spk: Speaker, rng: np.random.Generator, seconds: float) -> np.ndarray:
+def _voice(spk: Speaker, sess: Session, rng: np.random.Generator, seconds: float) -> np.ndarray:
     """The dry voice of one utterance at 16 kHz: espeak-ng, vocal tract, voice quality."""
     native = espeak.native_sample_rate()
-    rate = spk.rate * math.exp(0.06 * rng.standard_normal())
+    rate = spk.rate * sess.rate_factor * math.exp(0.05 * rng.standard_normal())
     parts, total = [], 0.0
     for _ in range(4):
-        n_words = max(2, int(seconds * rate / 60 * 1.2) + 1)
+        n_words = max(2, int((seconds - total) * rate / 60 * 0.8) + 1)
         speech, _ = espeak.synthesize(
             make_sentence(rng, n_words), f"{spk.accent}",
             rate=int(np.clip(rate / spk.vtl_alpha, 80, 450)),
-            pitch=int(np.clip(50 + 4 * rng.standard_normal(), 0, 100)),
+            pitch=int(np.clip(sess.pitch + 3 * rng.standard_normal(), 0, 100)),
             pitch_range=int(np.clip(spk.pitch_range + 6 * rng.standard_normal(), 0, 100)),
             variant_text=spk.variant_text, seed=int(rng.integers(1 << 30)), sample_rate=None)
         speech = _trim_silence(speech.astype(np.float64), native)
@@ -535,7 +552,7 @@ def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
         for u in range(1, cfg.utts_per_session + 1):
             rng = _seq(cfg.seed, _UTTERANCE, index, s, u)
             seconds = float(rng.uniform(cfg.min_utt_seconds, cfg.max_utt_seconds))
-            dry = _voice(speaker, rng, seconds)
+            dry = _voice(speaker, sess, rng, seconds)
             audio = _record(dry, sess, rng, seconds)
             rel = f"wav/{spk}/sess{s}_utt{u:02d}.wav"
             path = Path(split_dir) / rel
@@ -552,7 +569,8 @@ def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
 
 # --------------------------------------------------------------------------- face proxy
 
-def make_visual(cfg: SynthConfig, utts: list[tuple[str, int, int, int]]) -> tuple[list[str], np.ndarray]:
+def make_visual(cfg: SynthConfig,
+                utts: list[tuple[str, int, int, int]]) -> tuple[list[str], np.ndarray]:
     """Simulated face embeddings: identity + session pose/lighting + utterance noise.
 
     ``utts`` holds ``(utt, speaker index, session, utterance)``. A speaker's identity is a
@@ -601,18 +619,34 @@ def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tupl
     rng = _seq(cfg.seed, _TRIALS)
     n_target = cfg.n_trials // 2
     n_nontarget = cfg.n_trials - n_target
-    spk = np.array([u[1] for u in utts])
+    spk = np.unique([u[1] for u in utts], return_inverse=True)[1]
     sess = np.array([u[2] for u in utts])
-    i, j = np.triu_indices(len(utts), k=1)
-    same = (spk[i] == spk[j]) & (sess[i] != sess[j])
-    ti, tj = i[same], j[same]
-    pick = np.sort(rng.choice(len(ti), size=n_target, replace=False))
-    pairs = [(int(ti[k]), int(tj[k]), 1) for k in pick]
-    diff = np.nonzero(spk[i] != spk[j])[0]
-    if n_nontarget > len(diff):
-        raise ConfigError(f"n_trials: not enough non-target pairs ({len(diff)})")
-    pick = np.sort(rng.choice(len(diff), size=n_nontarget, replace=False))
-    pairs += [(int(i[diff[k]]), int(j[diff[k]]), 0) for k in pick]
+    targets = []
+    for s in range(spk.max() + 1):
+        members = np.nonzero(spk == s)[0]
+        i, j = np.triu_indices(len(members), k=1)
+        cross = sess[members[i]] != sess[members[j]]
+        targets.append(np.stack([members[i][cross], members[j][cross]], axis=1))
+    targets = np.concatenate(targets)
+    if n_target > len(targets):
+        raise ConfigError(f"n_trials: {cfg.n_trials} needs {n_target} target trials, the test "
+                          f"set has {len(targets)} cross-session pairs")
+    pairs = [(int(a), int(b), 1) for a, b in targets[np.sort(rng.choice(len(targets), n_target,
+                                                                        replace=False))]]
+    counts = np.bincount(spk)
+    possible = len(utts) * (len(utts) - 1) // 2 - int(np.sum(counts * (counts - 1) // 2))
+    if n_nontarget > possible:
+        raise ConfigError(f"n_trials: {cfg.n_trials} needs {n_nontarget} non-target trials, the "
+                          f"test set has {possible} pairs of different speakers")
+    seen: set[tuple[int, int]] = set()
+    while len(seen) < n_nontarget:  # rejection sampling of unordered pairs
+        draw = rng.integers(0, len(utts), size=(2 * (n_nontarget - len(seen)) + 16, 2))
+        for a, b in np.sort(draw, axis=1):
+            if spk[a] != spk[b] and (a, b) not in seen:
+                seen.add((int(a), int(b)))
+                pairs.append((int(a), int(b), 0))
+                if len(seen) == n_nontarget:
+                    break
     order = rng.permutation(len(pairs))
     flip = rng.random(len(pairs)) < 0.5
     out = []
@@ -630,6 +664,15 @@ def _write_text(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)
+
+
+def _fresh_process_context() -> multiprocessing.context.BaseContext:
+    """Worker processes that have never run espeak-ng (a fork server, else spawn)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -661,19 +704,15 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
             spk = f"spk{index:0{width}d}"
             jobs.append((cfg, str(out / split), index, spk))
             where[spk] = (split, index)
-    # Longest jobs first would not matter: all speakers cost about the same.
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
     results: dict[str, list] = {}
     bar = tqdm(total=len(jobs), desc="corpus", unit="spk", disable=not _progress_enabled(progress))
-    if workers <= 1:
-        for job in jobs:
-            results[job[3]] = _speaker_job(job)
+    # espeak-ng keeps some state from one call to the next inside the library, so every
+    # speaker is synthesised by a fresh process: its files then depend on the seed only.
+    with _fresh_process_context().Pool(workers, maxtasksperchild=1) as pool:
+        for job, rows in zip(jobs, pool.imap(_speaker_job, jobs)):
+            results[job[3]] = rows
             bar.update()
-    else:
-        with multiprocessing.get_context().Pool(workers) as pool:
-            for job, rows in zip(jobs, pool.imap(_speaker_job, jobs)):
-                results[job[3]] = rows
-                bar.update()
     bar.close()
 
     summary: dict = {"format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE}
@@ -683,7 +722,8 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         d = out / split
         _write_text(d / "wav.scp", [f"{r[0]} {r[1]}" for r, _ in utts])
         _write_text(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
-        _write_text(d / "spk2utt", [f"{spk} " + " ".join(r[0] for r in results[spk]) for spk in spks])
+        _write_text(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
+                                    for spk in spks])
         ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], int(r[0].rsplit("-u", 1)[1]))
                                      for r, spk in utts])
         tmp = d / "visual.npy.tmp"

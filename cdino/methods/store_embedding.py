@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cdino.data.audio import SAMPLE_RATE
+from cdino.testing.faults import fault_point
 
 
 @torch.no_grad()
@@ -56,6 +57,7 @@ def embed_store(encoder: nn.Module, frontend: nn.Module, store, device: torch.de
         if out is None:
             out = torch.zeros(n_utts, emb.shape[1], device=device)
         out[torch.as_tensor(idx, device=device)] = emb
+        fault_point("extraction")
     if out is None:  # this rank had no batch
         dim = getattr(encoder, "embed_dim", 1)
         out = torch.zeros(n_utts, dim, device=device)

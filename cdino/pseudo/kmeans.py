@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cdino.testing.faults import fault_point
 from cdino.errors import ConfigError, DataError
 
 __all__ = [
@@ -387,6 +388,7 @@ def cluster(emb: np.ndarray, cfg: KMeansConfig,
         labels = groups[labels.reshape(-1)]
     labels, centroids, sizes, similarity = _finalise(x, labels.reshape(-1), cfg.spherical,
                                                      device)
+    fault_point("clustering")
     return Clustering(labels=labels, centroids=centroids, sizes=sizes, n_clusters=int(sizes.size),
                       similarity=similarity, seconds=time.perf_counter() - t0, backend=backend)
 

@@ -9,6 +9,7 @@ named ``step-00001234.pt``; the newest readable one is the one a run resumes fro
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cdino.errors import ModelFormatError
+from cdino.testing.faults import fault_point
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -24,9 +26,15 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(data[: len(data) // 2])
+            f.flush()
+            fault_point("checkpoint_write")
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Tools for testing cdino itself (fault injection)."""

@@ -1,0 +1,76 @@
+"""End to end: `cdino demo --quick` (the main job on the built-in corpus, small)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cdino.cli import main
+
+STAGE_KEYS = {"name", "eer", "mindcf_0.01", "mindcf_0.05", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "cdino-demo"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cdino.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc, time.perf_counter() - t0
+
+
+def test_quick_demo_writes_results_report_and_model(quick_demo):
+    out, proc, seconds = quick_demo
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"test", "scoring", "stages", "final", "baselines", "supervised", "ablations", "seconds"}
+    assert res["scoring"] == "cosine, train-mean subtracted"
+    assert res["test"]["n_trials"] > 1000
+    names = [s["name"] for s in res["stages"]]
+    rounds = sum(n.startswith("pseudo_r") for n in names)
+    assert rounds >= 1
+    assert names == ["dino", "cdino"] + [f"pseudo_r{i}" for i in range(1, rounds + 1)] + \
+        [f"mm_r{i}" for i in range(1, rounds + 1)]
+    assert res["final"] == f"mm_r{rounds}"
+    for s in res["stages"]:
+        assert STAGE_KEYS <= set(s) and 0.0 <= s["eer"] <= 1.0 and s["seconds"] > 0
+        assert s["eer_ci95"][0] <= s["eer"] <= s["eer_ci95"][1]
+    for s in res["stages"][2:]:
+        assert 0.0 <= s["nmi"] <= 1.0  # clustering diagnostic of every round
+    assert set(res["baselines"]) == {"untrained", "fbank_stats"}
+    assert res["baselines"]["fbank_stats"]["eer"] > 0.15  # the corpus is not trivial
+    assert {"eer", "mindcf_0.01", "mindcf_0.05", "seconds"} <= set(res["supervised"])
+    assert set(res["ablations"]) >= {"gate_off", "dlg_lc"}
+    report = (out / "report.md").read_text()
+    assert "supervised reference" in report and "| dino |" in report
+    for png in ("eer_by_stage.png", "det.png"):
+        assert (out / "plots" / png).stat().st_size > 5000
+    assert "stage" in proc.stdout and "supervised" in proc.stdout  # the summary table
+
+
+def test_demo_model_folder_is_usable(quick_demo, tmp_path, capsys):
+    out, _, _ = quick_demo
+    wavs = sorted((out / "corpus" / "test" / "wav").rglob("*.wav"))
+    assert main(["verify", "--model", str(out / "model"), str(wavs[0]), str(wavs[-1])]) == 0
+    assert "decision=" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out / "model"), "--data", str(out / "corpus" / "test"),
+                 "--trials", str(out / "corpus" / "test" / "trials"), "--json", str(tmp_path / "r.json"),
+                 "--device", "cpu"]) == 0
+    final = json.loads((out / "results.json").read_text())
+    by_name = {s["name"]: s for s in final["stages"]}
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["eer"] == pytest.approx(by_name[final["final"]]["eer"], abs=1e-9)
+
+
+def test_rerun_skips_finished_stages(quick_demo):
+    out, _, first_seconds = quick_demo
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cdino.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done, skipped") >= 7
+    assert time.perf_counter() - t0 < first_seconds / 2
