@@ -113,3 +113,20 @@ def test_supervised_reference_trains_on_true_labels(tiny_data, tmp_path):
     assert stages.model_complete(model)
     info = json.loads(json.dumps(__import__("yaml").safe_load((model / "config.yaml").read_text())["info"]))
     assert info["method"] == "supervised"
+
+
+def test_same_seed_same_pseudo_labels_and_eer(tiny_data, tmp_path, init_model):
+    """Determinism on the CPU: same seed and data → same pseudo labels, weights and EER."""
+    from cdino.api import run_eval
+    from conftest import write_trials_for
+
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2", "pseudo.rounds=1"])
+    trials = write_trials_for(tiny_data, tmp_path / "trials")
+    results = []
+    for run in ("a", "b"):
+        stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / run)
+        labels = (tmp_path / run / "round1" / "utt2cluster").read_text()
+        res = run_eval(tmp_path / run / "round1" / "model", tiny_data, trials, tmp_path / f"{run}.json",
+                       progress=False)
+        results.append((labels, res["eer"], res["mindcf_0.01"]))
+    assert results[0] == results[1]
