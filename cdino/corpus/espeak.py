@@ -105,7 +105,7 @@ def _private_home(source: Path) -> Path | None:
         uid = os.getuid() if hasattr(os, "getuid") else 0
         home = Path(tempfile.gettempdir()) / f"cdino-espeak-{uid}-{key}"
         if (home / "voices" / "!v" / "m1").exists():
-            return home
+            return home if _owned(home, uid) else None
         build = Path(tempfile.mkdtemp(prefix=home.name + ".", dir=home.parent))
         for entry in source.iterdir():
             if entry.name != "voices":
@@ -123,7 +123,12 @@ def _private_home(source: Path) -> Path | None:
             shutil.rmtree(build, ignore_errors=True)
     except OSError:
         return None
-    return home if (home / "voices" / "!v" / "m1").exists() else None
+    return home if (home / "voices" / "!v" / "m1").exists() and _owned(home, uid) else None
+
+
+def _owned(path: Path, uid: int) -> bool:
+    """Whether ``path`` belongs to this user (never write into another user's folder)."""
+    return not hasattr(os, "getuid") or path.stat().st_uid == uid
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -542,8 +542,8 @@ def _record(dry: np.ndarray, sess: Session, rng: np.random.Generator, seconds: f
     return x
 
 
-def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
-    """Synthesise and write all utterances of one speaker; return their metadata."""
+def _speaker_job(job: tuple) -> list[tuple[str, str, int, int, float]]:
+    """Write all utterances of one speaker; return ``(utt, path, session, utt_no, seconds)``."""
     cfg, split_dir, index, spk = job
     speaker = make_speaker(cfg.seed, index)
     rows = []
@@ -563,7 +563,7 @@ def _speaker_job(job: tuple) -> list[tuple[str, str, int, float]]:
                 fh.setsampwidth(2)
                 fh.setframerate(SAMPLE_RATE)
                 fh.writeframes(pcm.tobytes())
-            rows.append((f"{spk}-s{s}-u{u:02d}", rel, s, len(pcm) / SAMPLE_RATE))
+            rows.append((f"{spk}-s{s}-u{u:02d}", rel, s, u, len(pcm) / SAMPLE_RATE))
     return rows
 
 
@@ -724,14 +724,13 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         _write_text(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
         _write_text(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
                                     for spk in spks])
-        ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], int(r[0].rsplit("-u", 1)[1]))
-                                     for r, spk in utts])
+        ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], r[3]) for r, spk in utts])
         tmp = d / "visual.npy.tmp"
         with open(tmp, "wb") as fh:
             np.save(fh, emb)
         os.replace(tmp, d / "visual.npy")
         _write_text(d / "visual_utts.txt", ids)
-        seconds = sum(r[3] for r, _ in utts)
+        seconds = sum(r[4] for r, _ in utts)
         summary[split] = {"speakers": len(spks), "utterances": len(utts),
                           "hours": round(seconds / 3600, 4),
                           "visual_coverage": round(len(ids) / max(1, len(utts)), 4)}
