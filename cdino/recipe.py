@@ -169,8 +169,14 @@ class Pipeline:
                 shutil.rmtree(self.out / s, ignore_errors=True)
 
     def run(self, from_stage: str | None = None) -> dict:
-        if from_stage:
+        """Run the stages in order. Under ``torchrun`` every rank runs the training stages
+        together; data generation, baselines, evaluation and the report run on rank 0."""
+        from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
+
+        init_distributed(resolve_device(self.train_config("dino").trainer.device))
+        if from_stage and is_main():
             self.reset_from(from_stage)
+        barrier()
         t_start = time.perf_counter()
         for stage in STAGES:
             if stage == "mm" and not self.r.multimodal:
@@ -180,19 +186,31 @@ class Pipeline:
             if stage == "ablations" and not self.r.ablations:
                 continue
             if self.done(stage) and stage != "report":
-                print(f"[{stage}] done, skipped")
+                if is_main():
+                    print(f"[{stage}] done, skipped", flush=True)
                 continue
-            print(f"[{stage}] running")
+            if is_main():
+                print(f"[{stage}] running", flush=True)
             t0 = time.perf_counter()
-            info = getattr(self, f"stage_{stage}")() or {}
+            if stage in ("corpus", "baselines", "report") and not is_main():
+                info = {}
+            else:
+                info = getattr(self, f"stage_{stage}")() or {}
             info.setdefault("seconds", time.perf_counter() - t0)
-            self.mark(stage, info)
+            if is_main():
+                self.mark(stage, info)
+            barrier()
+        if not is_main():
+            return {}
         print(f"pipeline finished in {time.perf_counter() - t_start:.0f} s; see {self.out / 'report.md'}")
         return json.loads((self.out / "results.json").read_text())
 
     def evaluate(self, model_dir: Path, name: str) -> dict:
         from cdino.api import run_eval
+        from cdino.train.distributed import is_main
 
+        if not is_main():
+            return {}
         edir = self.out / "eval" / name
         edir.mkdir(parents=True, exist_ok=True)
         res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
@@ -277,9 +295,15 @@ class Pipeline:
 
     def stage_ablations(self) -> dict:
         res = {}
+        pseudo_r1 = self.stage_info("pseudo").get("rounds", {}).get("pseudo_r1")
         for name, over in self.r.ablations.items():
             if name not in ABLATIONS:
                 raise ConfigError(f"recipe key 'ablations.{name}': unknown ablation (known: {', '.join(ABLATIONS)})")
+            if not over and pseudo_r1 is not None:
+                # No override: the ablation is the main audio round 1 itself (same config and
+                # seed, so a rerun would reproduce it exactly); reuse it instead of retraining.
+                res[name] = {**pseudo_r1, "same_run_as": "pseudo_r1"}
+                continue
             extra = _merge({"pseudo": {"rounds": 1, "modality": "audio"}}, over)
             got = self._rounds("ablations", extra, out=self.out / "ablations" / name, prefix=name)
             res[name] = got["rounds"][f"{name}_r1"]

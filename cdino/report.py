@@ -82,9 +82,10 @@ def collect_results(pipe, final: str) -> dict:
     results["ablations"] = {}
     for name, res in abl.items():
         if isinstance(res, dict) and "eer" in res:
+            scores_name = "pseudo_r1" if res.get("same_run_as") == "pseudo_r1" else f"{name}_r1"
             results["ablations"][name] = _with_ci({**_metrics(res), "seconds": float(res.get("seconds", 0.0)),
                                                    "gate": res.get("gate", [])},
-                                                  _scores_and_labels(out, f"{name}_r1"), labels, n_boot)
+                                                  _scores_and_labels(out, scores_name), labels, n_boot)
     corpus = pipe.stage_info("corpus")
     total = sum(float(pipe.stage_info(s).get("seconds", 0.0)) for s in
                 ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised"))

@@ -127,14 +127,25 @@ class ClusterAwareDinoMethod(DinoMethod):
                           progress=ctx.rank == 0 and progress_enabled(ctx.cfg.trainer.progress),
                           desc=f"embedding for clustering (epoch {epoch + 1})")
         k = min(self._n_clusters(), max(2, len(emb) // 2))
-        result = cluster(emb, KMeansConfig(n_clusters=k, n_iter=self.cc.kmeans_iter,
-                                           seed=ctx.cfg.trainer.seed + epoch),
-                         device=ctx.device)
-        self.labels = np.asarray(result.labels)
-        self.confident = confident_members(self.labels, np.asarray(result.similarity), self.cc.keep_fraction)
+        packed = torch.zeros(2, len(emb), dtype=torch.int64, device=ctx.device)
+        n_clusters = torch.zeros((), dtype=torch.int64, device=ctx.device)
+        if ctx.rank == 0:  # one clustering, shared by every rank
+            result = cluster(emb, KMeansConfig(n_clusters=k, n_iter=self.cc.kmeans_iter,
+                                               seed=ctx.cfg.trainer.seed + epoch),
+                             device=ctx.device)
+            labels = np.asarray(result.labels)
+            confident = confident_members(labels, np.asarray(result.similarity), self.cc.keep_fraction)
+            packed[0] = torch.from_numpy(labels.astype(np.int64)).to(ctx.device)
+            packed[1] = torch.from_numpy(confident.astype(np.int64)).to(ctx.device)
+            n_clusters.fill_(int(result.n_clusters))
+        if ctx.world_size > 1:
+            torch.distributed.broadcast(packed, src=0)
+            torch.distributed.broadcast(n_clusters, src=0)
+        self.labels = packed[0].cpu().numpy()
+        self.confident = packed[1].cpu().numpy().astype(bool)
         self.cluster_epoch = epoch
         self.n_reclusters += 1
-        entry = {"epoch": epoch, "n_clusters": int(result.n_clusters),
+        entry = {"epoch": epoch, "n_clusters": int(n_clusters.item()),
                  "confident": float(self.confident.mean())}
         if self.true_labels is not None:  # diagnostic only
             entry["nmi"] = float(nmi(self.true_labels, self.labels))

@@ -109,8 +109,10 @@ class PseudoLabelMethod(Method):
                  visual: np.ndarray | None = None, has_visual: np.ndarray | None = None,
                  true_labels: np.ndarray | None = None, round_index: int = 1,
                  plot_dir: Path | None = None, name: str | None = None,
-                 margin: float | None = None, segment_seconds: float | None = None) -> None:
+                 margin: float | None = None, segment_seconds: float | None = None,
+                 class_centres: np.ndarray | None = None) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_centres = class_centres
         self.n_classes = int(self.labels.max()) + 1
         self.init_encoder = init_encoder
         self.visual_np, self.has_visual_np = visual, has_visual
@@ -135,6 +137,11 @@ class PseudoLabelMethod(Method):
             self.visual = torch.from_numpy(self.visual_np.astype(np.float32)).to(dev)
             self.has_visual = torch.from_numpy(self.has_visual_np.astype(bool)).to(dev)
         self.student = AAMModel(encoder, self.n_classes, self.pc.scale, vis)
+        if self.class_centres is not None:
+            # Class centres start at the clusters' mean embeddings, so the first steps refine
+            # the stage-1 representation instead of fighting random class weights.
+            with torch.no_grad():
+                self.student.aam.weight.copy_(torch.as_tensor(self.class_centres, dtype=torch.float32))
         n = len(self.labels)
         self.label_t = torch.from_numpy(self.labels).to(dev)
         self.gate_a = LossGate(self.pc.gate, n, device=dev)
@@ -216,15 +223,16 @@ class PseudoLabelMethod(Method):
         if self._correction_active(epoch):
             clean_cos = self._clean_prediction(wave)
         cos_a, cos_v = student(feats, vis)
-        loss_a = F.cross_entropy(aam_logits(cos_a.float(), y, margin, self.pc.scale), y, reduction="none")
+        scale = self.pc.scale
         with torch.no_grad():
-            self.gate_a.update(idx, loss_a.detach())
-        loss_v = None
-        if cos_v is not None:
-            loss_v = F.cross_entropy(aam_logits(cos_v.float(), y, margin, self.pc.scale), y, reduction="none")
-            with torch.no_grad():
-                self.gate_v.update(idx[has_v], loss_v.detach()[has_v])
-        with torch.no_grad():
+            # The gate judges a label by the margin-free cross-entropy (scale * cos), so its
+            # threshold stays comparable while the margin warms up and between epochs.
+            gate_a = F.cross_entropy(cos_a.detach().float() * scale, y, reduction="none")
+            self.gate_a.update(idx, gate_a)
+            gate_v = None
+            if cos_v is not None:
+                gate_v = F.cross_entropy(cos_v.detach().float() * scale, y, reduction="none")
+                self.gate_v.update(idx[has_v], gate_v[has_v])
             fused_rel = None
             if self.gate_f is not None:
                 loss_f = joint_loss(F.softmax(cos_a.detach().float() * self.pc.scale, -1),
@@ -232,9 +240,9 @@ class PseudoLabelMethod(Method):
                 self.gate_f.update(idx, loss_f)
                 fused_rel = self.gate_f.reliable(loss_f)
             if self._gate_active(epoch):
-                rel_a = self.gate_a.reliable(loss_a.detach())
-                if loss_v is not None:
-                    rel_v = self.gate_v.reliable(loss_v.detach())
+                rel_a = self.gate_a.reliable(gate_a)
+                if gate_v is not None:
+                    rel_v = self.gate_v.reliable(gate_v)
                     reliable = multimodal_reliable(rel_a, rel_v, has_v, self.pc.fusion.reliability,
                                                    fused_reliable=fused_rel)
                 else:
@@ -252,14 +260,10 @@ class PseudoLabelMethod(Method):
                     logits = torch.log(probs.clamp_min(1e-12)) * c.temperature
                 y_final, corrected = correct_labels(logits, y, ~reliable, c.threshold, c.temperature)
             use = (reliable | corrected).float()
-        if corrected is not None and clean_cos is not None:
-            loss_a = F.cross_entropy(aam_logits(cos_a.float(), y_final, margin, self.pc.scale), y_final,
-                                     reduction="none")
+        loss_a = F.cross_entropy(aam_logits(cos_a.float(), y_final, margin, scale), y_final, reduction="none")
         loss = (loss_a * use).sum() / use.sum().clamp_min(1.0)
-        if loss_v is not None:
-            if clean_cos is not None:
-                loss_v = F.cross_entropy(aam_logits(cos_v.float(), y_final, margin, self.pc.scale),
-                                         y_final, reduction="none")
+        if cos_v is not None:
+            loss_v = F.cross_entropy(aam_logits(cos_v.float(), y_final, margin, scale), y_final, reduction="none")
             vuse = use * has_v.float()
             loss = loss + (loss_v * vuse).sum() / vuse.sum().clamp_min(1.0)
         self._count(idx, y, y_final, reliable, corrected)

@@ -31,7 +31,42 @@ from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
 from cdino.train.trainer import TrainConfig, Trainer, build_banks
-from cdino.train.distributed import resolve_device, barrier
+from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
+
+
+TRAIN_EMBED_SECONDS = 20.0  # longest central part of a training utterance embedded for the model folder / clustering
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_train_embeddings(model_dir: Path, utts: list[str], emb: np.ndarray) -> None:
+    """Keep the training-set embeddings made at export beside the model folder, tied to its
+    weights, so the next stage's clustering reuses them instead of embedding again."""
+    folder = Path(model_dir).parent
+    tmp = folder / "train_embeddings.tmp.npy"
+    np.save(tmp, emb)
+    meta = {"weights_sha256": _digest(Path(model_dir) / "encoder.safetensors"), "utts": list(utts)}
+    (folder / "train_embeddings.json").write_text(json.dumps(meta))
+    tmp.replace(folder / "train_embeddings.npy")
+
+
+def load_train_embeddings(model_dir: Path, utts: list[str]) -> np.ndarray | None:
+    """The embeddings saved by :func:`save_train_embeddings` for exactly this model and ``utts``."""
+    folder = Path(model_dir).parent
+    path, meta_path = folder / "train_embeddings.npy", folder / "train_embeddings.json"
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta["utts"] != list(utts) or meta["weights_sha256"] != _digest(Path(model_dir) / "encoder.safetensors"):
+            return None
+        return np.load(path)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def model_complete(folder: Path) -> bool:
@@ -40,22 +75,30 @@ def model_complete(folder: Path) -> bool:
 
 def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict,
                  progress: bool = True) -> Path:
-    """Write a model folder: mean embedding and a label-free threshold from training data."""
+    """Write a model folder: mean embedding and a label-free threshold from training data.
+
+    Call on every rank: the training set is embedded by all ranks together; rank 0 writes.
+    """
     from cdino.api import save_model_folder
     from cdino.eval.threshold import pseudo_label_threshold
 
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
-    emb = embed_store(encoder, frontend, store, device, max_seconds=20.0, progress=progress,
-                      desc="embedding training set for the model folder")
-    mean = emb.mean(axis=0)
-    k = int(np.clip(len(emb) // 20, 2, 6000))
-    labels = cluster(emb - mean, KMeansConfig(n_clusters=k, seed=0), device=device).labels
-    threshold = pseudo_label_threshold(emb, np.asarray(labels), mean, seed=0)
-    source = (f"EER threshold of trials built from k-means ({k} clusters) pseudo labels of "
-              f"{len(emb)} training utterances; no true labels used")
-    encoder.eval()
-    return save_model_folder(out, encoder.cpu(), cfg.encoder, cfg.fbank, mean, threshold, source,
-                             info=info)
+    encoder = encoder.to(device)
+    emb = embed_store(encoder, frontend, store, device, max_seconds=TRAIN_EMBED_SECONDS,
+                      progress=progress and is_main(), desc="embedding training set for the model folder")
+    if is_main():
+        mean = emb.mean(axis=0)
+        k = int(np.clip(len(emb) // 20, 2, 6000))
+        labels = cluster(emb - mean, KMeansConfig(n_clusters=k, seed=0), device=device).labels
+        threshold = pseudo_label_threshold(emb, np.asarray(labels), mean, seed=0)
+        source = (f"EER threshold of trials built from k-means ({k} clusters) pseudo labels of "
+                  f"{len(emb)} training utterances; no true labels used")
+        encoder.eval()
+        folder = save_model_folder(out, encoder.cpu(), cfg.encoder, cfg.fbank, mean, threshold, source,
+                                   info=info)
+        save_train_embeddings(folder, store.utts, emb)
+    barrier()
+    return Path(out)
 
 
 def _true_labels(data: DataDir, utts: list[str]) -> np.ndarray | None:
@@ -76,11 +119,8 @@ def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: 
     encoder = trainer.final_encoder()
     info = {"method": method, "steps": trainer.step, "epochs": cfg.trainer.epochs,
             "train_seconds": time.perf_counter() - t0, "history": history}
-    if trainer.dist.is_main:
-        export_model(encoder, cfg, trainer.store, trainer.device, out / "model", info,
-                     progress=progress_enabled(cfg.trainer.progress))
-    barrier()
-    return out / "model"
+    return export_model(encoder, cfg, trainer.store, trainer.device, out / "model", info,
+                        progress=progress_enabled(cfg.trainer.progress))
 
 
 def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
@@ -105,11 +145,8 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
     history = trainer.fit()
     info = {"method": "supervised", "steps": trainer.step, "train_seconds": time.perf_counter() - t0,
             "history": history}
-    if trainer.dist.is_main:
-        export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
-                     progress=progress_enabled(cfg.trainer.progress))
-    barrier()
-    return out / "model"
+    return export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
+                        progress=progress_enabled(cfg.trainer.progress))
 
 
 def load_visual_for(store_utts: list[str], cfg: TrainConfig, data: DataDir):
@@ -137,7 +174,8 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     data = DataDir.load(data_dir)
     pc = cfg.pseudo
     device = resolve_device(cfg.trainer.device)
-    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress))
+    init_distributed(device)
+    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress) and is_main())
     true = _true_labels(data, store.utts)
     visual = has_visual = None
     if pc.modality == "audio_visual":
@@ -155,34 +193,40 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         t0 = time.perf_counter()
         rdir.mkdir(parents=True, exist_ok=True)
         labels_path = rdir / "labels.npy"
-        if labels_path.is_file():
-            labels = np.load(labels_path)
-            cl_info = json.loads((rdir / "clustering.json").read_text())
-        else:
+        if not labels_path.is_file():
+            # All ranks embed together; rank 0 clusters and saves; every rank reads the labels.
             labels, cl_info = _cluster_round(cfg, prev_model, store, device, visual, has_visual, true,
                                              seed=cfg.trainer.seed + r)
+        if not labels_path.is_file() and is_main():
+            np.save(rdir / "class_centres.npy", cl_info.pop("class_centres"))
             write_utt2cluster(rdir / "utt2cluster", store.utts, labels)
             (rdir / "clustering.json").write_text(json.dumps(cl_info, indent=1))
             np.save(rdir / "labels.tmp.npy", labels)
             Path(rdir / "labels.tmp.npy").replace(labels_path)
+        barrier()
+        labels = np.load(labels_path)
+        cl_info = json.loads((rdir / "clustering.json").read_text())
         start = init_state if (pc.restart_from_init or r == 1) else load_model(prev_model).encoder.state_dict()
         method = PseudoLabelMethod(labels, init_encoder=start, visual=visual, has_visual=has_visual,
                                    true_labels=true, round_index=r, plot_dir=rdir / "plots",
-                                   name=f"round{r}")
+                                   name=f"round{r}", class_centres=np.load(rdir / "class_centres.npy"))
         trainer = Trainer(cfg, method, data, rdir, resume=resume or (rdir / "checkpoints").is_dir(),
                           store=store)
         history = trainer.fit()
         encoder = trainer.final_encoder()
         if pc.large_margin_epochs and r == pc.rounds:
-            encoder = _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true)
+            centres = method.student.aam.weight.detach().cpu().numpy()
+            encoder = _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true, centres)
         summary = {"round": r, "clustering": cl_info, "epochs": history,
                    "seconds": time.perf_counter() - t0}
         export_model(encoder, cfg, store, device, rdir / "model",
                      {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
                      progress=progress_enabled(cfg.trainer.progress))
-        summary_path.write_text(json.dumps(summary, indent=1))
-        if on_round is not None:
-            on_round(r, rdir / "model", summary)
+        if is_main():
+            summary_path.write_text(json.dumps(summary, indent=1))
+            if on_round is not None:
+                on_round(r, rdir / "model", summary)
+        barrier()
         summaries.append(summary)
         prev_model = rdir / "model"
     return summaries
@@ -194,8 +238,16 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     model = load_model(model_dir, device=str(device))
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     t0 = time.perf_counter()
-    emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
-                      progress=progress_enabled(cfg.trainer.progress), desc="embedding for pseudo labels")
+    emb = None
+    if cfg.pseudo.embed_seconds == TRAIN_EMBED_SECONDS:
+        emb = load_train_embeddings(model_dir, store.utts)
+    if emb is None:
+        emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
+                          progress=progress_enabled(cfg.trainer.progress) and is_main(),
+                          desc="embedding for pseudo labels")
+    if not is_main():
+        return None, None
+    raw = emb
     emb = emb - emb.mean(0)
     x, weight = emb, None
     if visual is not None:
@@ -207,6 +259,9 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
                      device=device)
     labels = np.asarray(result.labels, dtype=np.int64)
     info = {"seconds": time.perf_counter() - t0, **cluster_size_stats(labels)}
+    centres = np.zeros((int(labels.max()) + 1, raw.shape[1]), dtype=np.float64)
+    np.add.at(centres, labels, raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(1e-12))
+    info["class_centres"] = (centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
     if weight is not None:
         info["visual_weight"] = weight
     if true is not None:  # diagnostics only
@@ -218,7 +273,7 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     return labels, info
 
 
-def _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true):
+def _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true, centres):
     from dataclasses import replace
 
     pc = cfg.pseudo
@@ -228,7 +283,7 @@ def _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, t
     method = PseudoLabelMethod(labels, init_encoder=encoder.state_dict(), visual=visual,
                                has_visual=has_visual, true_labels=true, name="large_margin",
                                margin=pc.large_margin, segment_seconds=pc.large_margin_seconds,
-                               plot_dir=rdir / "plots")
+                               plot_dir=rdir / "plots", class_centres=centres)
     lm_dir = rdir / "large_margin"
     trainer = Trainer(lm_cfg, method, data, lm_dir, resume=(lm_dir / "checkpoints").is_dir(), store=store)
     trainer.fit()

@@ -110,10 +110,18 @@ class TrainConfig:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
+_BANKS: dict[tuple, AugmentBanks] = {}
+
+
 def build_banks(cfg: NoiseConfig) -> AugmentBanks:
-    if cfg.musan or cfg.rirs:
-        return AugmentBanks.from_dirs(cfg.musan, cfg.rirs)
-    return AugmentBanks.simulated(seed=cfg.seed)
+    """Noise and room-response banks (kept for the process: every stage reuses them)."""
+    key = (cfg.musan, cfg.rirs, cfg.seed)
+    if key not in _BANKS:
+        if cfg.musan or cfg.rirs:
+            _BANKS[key] = AugmentBanks.from_dirs(cfg.musan, cfg.rirs)
+        else:
+            _BANKS[key] = AugmentBanks.simulated(seed=cfg.seed)
+    return _BANKS[key]
 
 
 class RunLog:
