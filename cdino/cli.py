@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     except CdinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable output, disk full, ...: one line naming the file
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
+        print(f"error: {where}{exc.strerror or exc}".replace("\n", " "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with --resume (or rerun the recipe) to continue",
               file=sys.stderr)

@@ -169,3 +169,36 @@ def test_training_skips_and_lists_bad_files(world, tmp_path):
     listed = (out / "skipped.tsv").read_text().splitlines()
     assert len(listed) == 3 and all(any(p.name in l for l in listed) for p in bad[:3])
     assert "3 files skipped" in (out / "train.log").read_text()
+
+
+def test_unwritable_output_folder_fails_before_work(world, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = main(["train", "--method", "dino", "--data", str(world["data"]), "--out", str(blocker / "exp"),
+               "--config", str(world["cfg"])])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and "a-file" in err
+
+
+def test_disk_full_stops_with_last_checkpoint_intact(world, tmp_path, monkeypatch, capsys):
+    from cdino.train import checkpoint as ckpt
+
+    real_replace = ckpt.os.replace
+    calls = {"n": 0}
+
+    def full_disk(src, dst):
+        calls["n"] += "step-" in str(dst)
+        if calls["n"] >= 2:  # the first checkpoint lands, the second finds the disk full
+            raise OSError(28, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    out = tmp_path / "exp"
+    rc = main(["train", "--method", "dino", "--data", str(world["data"]), "--out", str(out),
+               "--config", str(world["cfg"]), "--set", "trainer.epochs=2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "No space left on device" in err and "previous checkpoint is intact" in err
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    found = ckpt.latest_checkpoint(out / "checkpoints")
+    assert found is not None and found[1]["step"] > 0
+    assert not list((out / "checkpoints").glob(".step-*.tmp-*"))

@@ -16,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-from cdino.errors import ModelFormatError
+from cdino.errors import ModelFormatError, TrainingError
 from cdino.testing.faults import fault_point
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (disk full, folder gone): the run stops cleanly."""
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
@@ -40,7 +44,8 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OSError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from exc
+        raise CheckpointWriteError(f"{path}: cannot write checkpoint ({exc.strerror or exc}); "
+                                   "the previous checkpoint is intact") from None
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:

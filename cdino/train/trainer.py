@@ -34,7 +34,7 @@ from cdino.console import progress_enabled
 from cdino.config import save_config, to_dict
 from cdino.data.kaldi_dir import DataDir
 from cdino.data.loader import DataConfig, GlobalBatchSampler, make_loader, open_store
-from cdino.errors import ConfigError, TrainingError
+from cdino.errors import CdinoError, ConfigError, TrainingError
 from cdino.frontend.augment import AugmentBanks, AugmentConfig
 from cdino.frontend.fbank import FbankConfig
 from cdino.methods.base import FeatureFrontend, Method, MethodContext
@@ -124,6 +124,17 @@ def build_banks(cfg: NoiseConfig) -> AugmentBanks:
     return _BANKS[key]
 
 
+def check_writable(folder: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CdinoError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+
+
 class RunLog:
     """Plain-text log (EXP/train.log) + optional TensorBoard, rank 0 only."""
 
@@ -178,7 +189,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.dist: DistInfo = init_distributed(self.device)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.log = RunLog(self.out_dir, self.dist.is_main, tc.tensorboard)
         if tc.precision == "bf16" and self.device.type != "cuda":
