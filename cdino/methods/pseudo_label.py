@@ -310,10 +310,11 @@ class PseudoLabelMethod(Method):
             out["visual_threshold"] = self._threshold(self.gate_v)
         if self.fit_a is not None and self.fit_a.note:
             out["gate_note"] = self.fit_a.note
-        if self.diag is not None and c["wrong"] > 0:
-            out["gate_recall"] = c["unreliable_wrong"] / c["wrong"]
-            out["gate_precision"] = c["unreliable_wrong"] / max(1.0, c["unreliable"])
+        if self.diag is not None and c["wrong"] > 0:  # diagnostics from true labels only
             out["wrong_fraction"] = c["wrong"] / seen
+            if self._gate_active(epoch):
+                out["gate_recall"] = c["unreliable_wrong"] / c["wrong"]
+                out["gate_precision"] = c["unreliable_wrong"] / max(1.0, c["unreliable"])
             if c["corrected"] > 0:
                 out["correction_accuracy"] = c["corrected_right"] / c["corrected"]
         self.epoch_log.append({"epoch": epoch, **out})
