@@ -2,14 +2,7 @@
 # All GPU checks in one go, for a lent NVIDIA machine (see BENCHMARKS.md):
 #   wheels the image lacks (soundfile, soxr, cffi, pycparser, faiss-cpu) travel in .whl/
 set -uo pipefail
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1 CDINO_NO_PROGRESS=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 timeout 150 python3 bench/bench_dino_step.py 2>&1 | tee "$OUT/dino_step.json"
 timeout 150 python3 bench/gpu_smoke.py 2>&1 | tee "$OUT/gpu_smoke.json"

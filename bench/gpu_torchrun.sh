@@ -2,14 +2,7 @@
 # `cdino train` under torchrun on a lent NVIDIA machine (NCCL, bf16, ECAPA-512), DINO then
 # C-DINO, on tiny synthetic data; plus the DINO step at batch 256. Wheels as in gpu_checks.sh.
 set -uo pipefail
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1 CDINO_NO_PROGRESS=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source bench/gpu_env.sh
 python3 -c "import sys; sys.path.insert(0, 'tests'); from conftest import write_speaker_dir; from pathlib import Path; write_speaker_dir(Path('/tmp/gd'), 6, 8, 1.6)"
 cat > /tmp/gpu_tiny.yaml <<'YAML'
 encoder: {name: ecapa_tdnn}
