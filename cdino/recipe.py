@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from cdino.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
+from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 
 STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised", "report"]
@@ -326,7 +326,7 @@ class Pipeline:
         from cdino.report import write_report
 
         final = self.resolve_final()
-        results = write_report(self, final)
+        write_report(self, final)
         src = self._model_dir_of(final)
         dst = self.out / "model"
         tmp = self.out / "model.tmp"

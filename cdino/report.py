@@ -11,9 +11,8 @@ import numpy as np
 METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05")
 
 
-def _scores_and_labels(out: Path, name: str):
-    from cdino.data.kaldi_dir import read_trials
-
+def _scores(out: Path, name: str):
+    """The scores a stage's evaluation wrote (in trial order), or ``None``."""
     path = out / "eval" / name / "scores.txt"
     if not path.is_file():
         return None
@@ -50,7 +49,7 @@ def collect_results(pipe, final: str) -> dict:
                 entry[k] = res[k]
         if extra:
             entry.update(extra)
-        stages.append(_with_ci(entry, _scores_and_labels(out, name), labels, n_boot))
+        stages.append(_with_ci(entry, _scores(out, name), labels, n_boot))
 
     for name in ("dino", "cdino"):
         info = pipe.stage_info(name)
@@ -72,11 +71,11 @@ def collect_results(pipe, final: str) -> dict:
     results["baselines"] = {}
     for name in ("untrained", "fbank_stats"):
         if name in base:
-            results["baselines"][name] = _with_ci(_metrics(base[name]), _scores_and_labels(out, name), labels, n_boot)
+            results["baselines"][name] = _with_ci(_metrics(base[name]), _scores(out, name), labels, n_boot)
     sup = pipe.stage_info("supervised")
     if sup:
         results["supervised"] = _with_ci({**_metrics(sup), "seconds": float(sup.get("seconds", 0.0)),
-                                          "steps": sup.get("steps")}, _scores_and_labels(out, "supervised"),
+                                          "steps": sup.get("steps")}, _scores(out, "supervised"),
                                          labels, n_boot)
     abl = pipe.stage_info("ablations")
     results["ablations"] = {}
@@ -85,7 +84,7 @@ def collect_results(pipe, final: str) -> dict:
             scores_name = "pseudo_r1" if res.get("same_run_as") == "pseudo_r1" else f"{name}_r1"
             results["ablations"][name] = _with_ci({**_metrics(res), "seconds": float(res.get("seconds", 0.0)),
                                                    "gate": res.get("gate", [])},
-                                                  _scores_and_labels(out, scores_name), labels, n_boot)
+                                                  _scores(out, scores_name), labels, n_boot)
     corpus = pipe.stage_info("corpus")
     total = sum(float(pipe.stage_info(s).get("seconds", 0.0)) for s in
                 ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised"))
@@ -144,7 +143,7 @@ def write_report(pipe, final: str) -> dict:
     labels = np.asarray(read_trials(pipe.trials).labels)
     systems = {}
     for name in ["fbank_stats", "untrained", "dino", "cdino"] + names[-1:] + (["supervised"] if sup else []):
-        sc = _scores_and_labels(out, name)
+        sc = _scores(out, name)
         if sc is not None and name not in systems:
             systems[name] = (sc, labels)
     if systems:

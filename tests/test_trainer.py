@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 from cdino.config import load_config
 from cdino.data.kaldi_dir import DataDir
+from cdino.data.loader import collate
 from cdino.errors import ConfigError, TrainingError
 from cdino.methods.dino import DinoMethod
 from cdino.train import checkpoint as ckpt
@@ -43,9 +43,8 @@ class StopAt(Exception):
 def test_centre_and_ema_follow_their_formulas(tiny_data, tmp_path):
     cfg = tiny_cfg()
     method = DinoMethod()
-    trainer = Trainer(cfg, method, DataDir.load(tiny_data), tmp_path / "exp")
-    batch = next(iter(torch.utils.data.DataLoader(
-        method.dataset(), batch_size=4, collate_fn=__import__("cdino.data.loader", fromlist=["collate"]).collate)))
+    Trainer(cfg, method, DataDir.load(tiny_data), tmp_path / "exp")  # sets the method up
+    batch = next(iter(torch.utils.data.DataLoader(method.dataset(), batch_size=4, collate_fn=collate)))
     c0 = method.center.clone()
     fe = method.ctx.frontend
     g = torch.Generator().manual_seed(3)
@@ -191,7 +190,6 @@ def test_nonfinite_losses_stop_with_checkpoint_intact(tiny_data, tmp_path):
         return loss, stats
 
     method.training_step = poisoned
-    before = None
     with pytest.raises(TrainingError, match="non-finite"):
         trainer.fit()
     found = ckpt.latest_checkpoint(tmp_path / "exp" / "checkpoints")

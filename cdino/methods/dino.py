@@ -13,7 +13,6 @@ Defaults follow the design brief (`DESIGN.md`, "Stage 1").
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

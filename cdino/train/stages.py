@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cdino.console import progress_enabled
 from cdino.data.kaldi_dir import DataDir, read_visual
-from cdino.errors import CdinoError, DataError
+from cdino.errors import DataError
 from cdino.methods.base import FeatureFrontend
 from cdino.methods.cluster_aware import ClusterAwareDinoMethod
 from cdino.methods.dino import DinoMethod
@@ -30,7 +29,7 @@ from cdino.methods.store_embedding import embed_store
 from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
-from cdino.train.trainer import TrainConfig, Trainer, build_banks
+from cdino.train.trainer import TrainConfig, Trainer
 from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
 
 

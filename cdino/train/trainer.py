@@ -18,8 +18,8 @@ same code runs as one CPU process and as many ranks under ``torchrun``:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -359,7 +359,7 @@ class Trainer:
                     batch = next(it)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     sync_ctx = (self.ddp.no_sync() if self.ddp is not None and micro < self.accum - 1
-                                else _null())
+                                else contextlib.nullcontext())
                     with sync_ctx:
                         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                             loss, stats = self.method.training_step(
@@ -433,10 +433,3 @@ class Trainer:
         encoder.load_state_dict(ckpt.average_state_dicts(states))
         return encoder
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
