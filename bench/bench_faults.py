@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_speaker_dir  # noqa: E402
 
-from cdino.testing.faults import run_until_done  # noqa: E402
+from cdino.testing.faults import run_until_done, same_encoder_weights, train_command  # noqa: E402
 
 CFG = ("encoder: {name: ecapa_tdnn_small}\n"
        "trainer: {epochs: 6, global_batch: 8, progress: false, tensorboard: false, threads: 1, checkpoint_every: 1}\n"
@@ -41,19 +41,6 @@ STAGES = [  # (method, named faults, needs --init from)
     ("cdino", ["clustering:1", "clustering:2", "extraction:2", "checkpoint_write:3"], "dino"),
     ("pseudo", ["extraction:1", "clustering:1", "checkpoint_write:2"], "cdino/model"),
 ]
-
-
-def _cmd(method, data, out, cfg, init=None):
-    cmd = [sys.executable, "-m", "cdino.cli", "train", "--method", method, "--data", str(data),
-           "--out", str(out), "--config", str(cfg), "--resume"]
-    return cmd + (["--init", str(init)] if init else [])
-
-
-def _same(a: Path, b: Path) -> bool:
-    from safetensors.numpy import load_file
-
-    wa, wb = load_file(str(a / "encoder.safetensors")), load_file(str(b / "encoder.safetensors"))
-    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
 class _Count:
@@ -82,10 +69,10 @@ def main() -> None:
         cfg.write_text(CFG)
         for method, faults, init in STAGES:
             ref_init = tmp / "ref" / init if init else None
-            ref = run_until_done(_cmd(method, data, tmp / "ref" / method, cfg, ref_init), [], 0, rng, (0, 0), env)
+            ref = run_until_done(train_command(method, data, tmp / "ref" / method, cfg, ref_init), [], 0, rng, (0, 0), env)
             t = ref["final_seconds"]
             try:
-                got = run_until_done(_cmd(method, data, tmp / "faulty" / method, cfg,
+                got = run_until_done(train_command(method, data, tmp / "faulty" / method, cfg,
                                           tmp / "faulty" / init if init else None),
                                      faults, args.random_kills, rng, (0.3 * t, 0.7 * t), env)
             except RuntimeError as exc:
@@ -93,7 +80,7 @@ def main() -> None:
                 out["stages"][method] = {"error": str(exc)[-500:]}
                 continue
             folder = "round1/model" if method == "pseudo" else "model"
-            same = _same(tmp / "ref" / method / folder, tmp / "faulty" / method / folder)
+            same = same_encoder_weights(tmp / "ref" / method / folder, tmp / "faulty" / method / folder)
             kills = got["named_kills"] + got["random_kills"]
             killed += kills
             survived += kills if same else 0

@@ -4,13 +4,11 @@ mid-extraction; resumed, it ends with the same model as an uninterrupted run (CP
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
-from cdino.testing.faults import run_until_done
+from cdino.testing.faults import run_until_done, same_encoder_weights, train_command
 from cdino.train import checkpoint as ckpt
 
 CFG = ("encoder: {name: ecapa_tdnn_small}\n"
@@ -20,17 +18,8 @@ CFG = ("encoder: {name: ecapa_tdnn_small}\n"
        "cluster_aware: {n_clusters: 4, recluster_every: 1}\n")
 
 
-def _cmd(method, data, out, cfg, init=None):
-    cmd = [sys.executable, "-m", "cdino.cli", "train", "--method", method, "--data", str(data),
-           "--out", str(out), "--config", str(cfg), "--resume"]
-    return cmd + (["--init", str(init)] if init else [])
-
-
 def _same_model(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "encoder.safetensors")), load_file(str(b / "encoder.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    assert same_encoder_weights(a, b)
     np.testing.assert_array_equal(np.load(a / "mean.npy"), np.load(b / "mean.npy"))
 
 
@@ -40,15 +29,15 @@ def test_killed_runs_resume_to_the_uninterrupted_model(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CDINO_NO_PROGRESS": "1"}
     rng = np.random.default_rng(7)
     # Reference: uninterrupted DINO, then C-DINO from it.
-    t_dino = run_until_done(_cmd("dino", tiny_data, tmp_path / "ref_dino", cfg), [], 0, rng, (0, 0),
+    t_dino = run_until_done(train_command("dino", tiny_data, tmp_path / "ref_dino", cfg), [], 0, rng, (0, 0),
                             env)["final_seconds"]
-    t_cdino = run_until_done(_cmd("cdino", tiny_data, tmp_path / "ref_cdino", cfg, tmp_path / "ref_dino"),
+    t_cdino = run_until_done(train_command("cdino", tiny_data, tmp_path / "ref_cdino", cfg, tmp_path / "ref_dino"),
                              [], 0, rng, (0, 0), env)["final_seconds"]
     # The same, killed again and again: first at each named point, then at random times
     # (start-up, steps, checkpoint writes, clustering, export).
-    a = run_until_done(_cmd("dino", tiny_data, tmp_path / "dino", cfg),
+    a = run_until_done(train_command("dino", tiny_data, tmp_path / "dino", cfg),
                        ["checkpoint_write:3", "checkpoint_write:2"], 2, rng, (0.4 * t_dino, 0.7 * t_dino), env)
-    b = run_until_done(_cmd("cdino", tiny_data, tmp_path / "cdino", cfg, tmp_path / "dino"),
+    b = run_until_done(train_command("cdino", tiny_data, tmp_path / "cdino", cfg, tmp_path / "dino"),
                        ["clustering:2", "extraction:1", "checkpoint_write:2"], 1, rng,
                        (0.4 * t_cdino, 0.7 * t_cdino), env)
     assert a["named_kills"] == 2 and b["named_kills"] == 3

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 _hits: Counter = Counter()
 
@@ -31,6 +33,22 @@ def fault_point(name: str) -> None:
     _hits[name] += 1
     if _hits[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_command(method: str, data, out, config, init=None) -> list[str]:
+    """``cdino train ... --resume`` as a subprocess command: every restart continues."""
+    cmd = [sys.executable, "-m", "cdino.cli", "train", "--method", method, "--data", str(data),
+           "--out", str(out), "--config", str(config), "--resume"]
+    return cmd + (["--init", str(init)] if init else [])
+
+
+def same_encoder_weights(a: Path, b: Path) -> bool:
+    """True when two model folders hold bit-identical encoder weights."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    wa, wb = load_file(str(Path(a) / "encoder.safetensors")), load_file(str(Path(b) / "encoder.safetensors"))
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
 def run_until_done(cmd: list[str], faults: list[str], random_kills: int, rng, delay: tuple[float, float],
