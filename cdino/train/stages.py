@@ -234,13 +234,13 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
 def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
     from cdino.api import load_model
 
-    model = load_model(model_dir, device=str(device))
-    frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     t0 = time.perf_counter()
     emb = None
     if cfg.pseudo.embed_seconds == TRAIN_EMBED_SECONDS:
         emb = load_train_embeddings(model_dir, store.utts)
-    if emb is None:
+    if emb is None:  # no embeddings saved at export for this model: embed the training set
+        model = load_model(model_dir, device=str(device))
+        frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
         emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
                           progress=progress_enabled(cfg.trainer.progress) and is_main(),
                           desc="embedding for pseudo labels")
