@@ -1,14 +1,15 @@
 """Model folders and the user API: load a trained speaker model, embed, score, verify, export.
 
-    model = cdino.load_model("exp/model")
+    model = cdino.load_model("exp/model")          # device="cuda" / "auto" also work
     e = model.embed("a.wav")                       # float32 (D,), not normalised
     s = model.score("a.wav", "b.wav")              # cosine after subtracting the training mean
+    s = model.score(wave_a, wave_b, sample_rate=8000)  # arrays need their rate
     score, same = model.verify("a.wav", "b.wav")   # same = score >= model.threshold
 
 A model folder (see ``docs/model_folder.md``) holds ``config.yaml`` (format version,
 encoder and fbank settings, threshold and how it was set), ``encoder.safetensors``
 (weights, loaded without executing code) and ``mean.npy`` (training mean embedding).
-This module also holds the functions behind ``cdino eval|verify|embed|export``.
+This module also holds the functions behind ``cdino eval|verify|score|embed|export``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -34,12 +36,12 @@ from cdino import __version__
 from cdino.config import from_dict, to_dict
 from cdino.data.audio import load_audio, resample
 from cdino.data.kaldi_dir import DataDir, read_trials
-from cdino.errors import ConfigError, DataError, ModelFormatError
-from cdino.eval.embed import (DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, embed_waves,
-                              extract_embeddings, load_embeddings)
+from cdino.errors import AudioError, ConfigError, DataError, ModelFormatError
+from cdino.eval.embed import (DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, MIN_FRAMES, embed_waves,
+                              extract_embeddings, load_embeddings, num_frames)
 from cdino.eval.verification import ASNormConfig, score_trials
 from cdino.frontend.fbank import Fbank, FbankConfig
-from cdino.metrics import eer, min_dcf
+from cdino.metrics import eer, min_dcf, small_trial_list_warning
 from cdino.models.registry import EncoderConfig, build_encoder
 
 FORMAT_VERSION = 1
@@ -73,6 +75,29 @@ def _encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
 
 
+def _umask() -> int:
+    """The process umask (read from /proc where it can be, so it is never changed)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _share_modes(folder: Path) -> None:
+    """Give a folder made by ``mkdtemp`` (0700) the modes of one made by ``mkdir``: the folder
+    ``0o777 & ~umask`` and its files ``0o666 & ~umask`` (0755 / 0644 under the usual umask)."""
+    mask = _umask()
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o666 & ~mask)
+    folder.chmod(0o777 & ~mask)
+
+
 def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderConfig,
                       fbank_cfg: FbankConfig, mean: np.ndarray, threshold: float,
                       threshold_source: str, info: dict | None = None) -> Path:
@@ -102,6 +127,7 @@ def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderCo
         save_file(_encoder_state(encoder), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         with open(tmp / MEAN_FILE, "wb") as f:
             np.save(f, mean, allow_pickle=False)
+        _share_modes(tmp)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f"{path.name}.old-", dir=path.parent))
@@ -187,13 +213,35 @@ def _load_mean(path: Path, embed_dim: int) -> np.ndarray:
     return mean.astype(np.float32)
 
 
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """The torch device for ``device``: ``"auto"`` is CUDA when present, else the CPU. Asking
+    for CUDA where there is none is a :class:`ConfigError` (no silent fall-back to the CPU)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device '{device}': not a device name (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}': CUDA is not available on this machine "
+                              "(use device 'cpu', or 'auto' for CUDA only where present)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    return dev
+
+
 def load_model(path: PathLike, device: str | torch.device = "cpu",
                optimize: bool = False) -> "SpeakerModel":
     """Load a model folder (see ``docs/model_folder.md``); weights are read without running code.
 
+    ``device`` is a torch device name or ``"auto"`` (CUDA when present, else CPU); ``"cuda"``
+    on a machine without CUDA raises :class:`ConfigError` (see :func:`resolve_device`).
     ``optimize`` swaps in :func:`cdino.models.inference.optimize_for_inference` (BatchNorm
     folded, TorchScript-frozen): faster, embeddings equal up to float rounding.
     """
+    device = resolve_device(device)
     folder = Path(path)
     config = read_model_config(folder)
     try:
@@ -220,6 +268,63 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
 # ---------------------------------------------------------------------------
 # the model
 
+#: ``cdino verify`` warns about a clip shorter than this (seconds): its embedding, and so
+#: the score, is unreliable. Clips under ~0.1 s (``MIN_FRAMES`` frames) get no embedding.
+MIN_VERIFY_SECONDS = 1.0
+#: A 25 ms frame (10 ms hop) is *active* when its RMS level is at least this (dB re full
+#: scale 1.0) and within ``ACTIVE_RANGE_DB`` of the clip's loudest frame.
+ACTIVE_LEVEL_DBFS = -50.0
+ACTIVE_RANGE_DB = 40.0
+#: ``cdino verify`` warns that a clip is mostly silence when fewer frames are active.
+MIN_ACTIVE_FRACTION = 0.5
+
+
+def _min_samples(fbank: nn.Module) -> int:
+    """The fewest samples giving ``MIN_FRAMES`` fbank frames (the embedding minimum)."""
+    lo, hi = 1, 1
+    while num_frames(fbank, hi) < MIN_FRAMES:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if num_frames(fbank, mid) >= MIN_FRAMES:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def active_fraction(wave: np.ndarray, sample_rate: int = 16000) -> float:
+    """Share of 25 ms frames (10 ms hop) that are active (see ``ACTIVE_LEVEL_DBFS``): a
+    simple energy measure of how much of a clip is not silence. 0.0 for an empty clip."""
+    x = np.asarray(wave, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return 0.0
+    frame = max(1, round(0.025 * sample_rate))
+    hop = max(1, round(0.010 * sample_rate))
+    if x.size < frame:
+        x = np.pad(x, (0, frame - x.size))
+    starts = np.arange(0, x.size - frame + 1, hop)
+    energy = np.concatenate([[0.0], np.cumsum(x * x)])
+    rms = np.sqrt(np.maximum(energy[starts + frame] - energy[starts], 0.0) / frame)
+    level = 20.0 * np.log10(np.maximum(rms, 1e-10))
+    floor = max(ACTIVE_LEVEL_DBFS, float(level.max()) - ACTIVE_RANGE_DB)
+    return float(np.mean(level >= floor))
+
+
+def clip_warnings(wave: np.ndarray, sample_rate: int, name: str) -> list[str]:
+    """One-line warnings about a clip that embeds but scores unreliably: shorter than
+    ``MIN_VERIFY_SECONDS``, or mostly silence (``active_fraction`` under ``MIN_ACTIVE_FRACTION``)."""
+    notes = []
+    seconds = np.shape(wave)[0] / float(sample_rate)
+    if seconds < MIN_VERIFY_SECONDS:
+        notes.append(f"{name}: only {seconds:.2f} s of audio (under {MIN_VERIFY_SECONDS:g} s); "
+                     "the score is unreliable")
+    active = active_fraction(wave, sample_rate)
+    if active < MIN_ACTIVE_FRACTION:
+        notes.append(f"{name}: mostly silence (only {100 * active:.0f} % of 25 ms frames are above "
+                     f"{ACTIVE_LEVEL_DBFS:g} dBFS); the score is unreliable")
+    return notes
+
 
 class SpeakerModel:
     """A trained speaker-embedding extractor with its fbank front end, mean and threshold.
@@ -239,6 +344,7 @@ class SpeakerModel:
         self.threshold_source = config.threshold_source
         self.embed_dim = int(config.embed_dim)
         self.sample_rate = int(config.fbank.sample_rate)
+        self.min_samples = _min_samples(self.fbank)  # shortest wave (model rate) that gets an embedding
         self.path = path
 
     def __repr__(self) -> str:
@@ -262,8 +368,27 @@ class SpeakerModel:
             raise ValueError("audio holds NaN or infinite samples")
         return resample(np.ascontiguousarray(wave, dtype=np.float32), int(sample_rate), self.sample_rate)
 
-    def features(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Fbank features ``(1, T, n_mels)`` of a 1-D wave at the model's sample rate."""
+    def check_length(self, wave: np.ndarray, name: str = "audio array") -> np.ndarray:
+        """``wave`` (at the model's rate) when it is long enough for an embedding (``MIN_FRAMES``
+        fbank frames, about 0.1 s); else :class:`AudioError` naming ``name`` (the file)."""
+        n = int(np.shape(wave)[0])
+        if n < self.min_samples:
+            raise AudioError(f"{name}: too short for an embedding ({1000 * n / self.sample_rate:.0f} ms; "
+                             f"at least {1000 * self.min_samples / self.sample_rate:.0f} ms needed)")
+        return wave
+
+    def _loaded(self, audio: Audio, sample_rate: int | None) -> np.ndarray:
+        """:meth:`_wave`, checked by :meth:`check_length` (a path is named in the error)."""
+        name = str(audio) if isinstance(audio, (str, os.PathLike)) else "audio array"
+        return self.check_length(self._wave(audio, sample_rate), name)
+
+    def features(self, audio: Audio, sample_rate: int | None = None) -> torch.Tensor:
+        """Fbank features ``(1, T, n_mels)`` of a file path, or of a 1-D wave at ``sample_rate``
+        (the model's 16 kHz when not given)."""
+        if isinstance(audio, (str, os.PathLike)) or sample_rate is not None:
+            wave = self._wave(audio, sample_rate)
+        else:
+            wave = audio
         w = torch.as_tensor(np.asarray(wave, dtype=np.float32)) if not torch.is_tensor(wave) else wave.float()
         if w.dim() != 1:
             raise ValueError(f"wave must be 1-D, got shape {tuple(w.shape)}")
@@ -277,9 +402,10 @@ class SpeakerModel:
 
         ``audio`` is a file path (read and resampled to 16 kHz; ``sample_rate`` is then
         ignored) or a 1-D waveform array at ``sample_rate`` Hz (required; resampled with
-        soxr when it differs from 16 kHz).
+        soxr when it differs from 16 kHz). Audio too short for an embedding (under about
+        0.1 s) raises :class:`AudioError` naming the file.
         """
-        wave = self._wave(audio, sample_rate)
+        wave = self._loaded(audio, sample_rate)
         emb = embed_waves(self.encoder, self.fbank, [wave], self.device)
         return emb[0].cpu().numpy().astype(np.float32)
 
@@ -288,7 +414,7 @@ class SpeakerModel:
         16 kHz when not given). Equal-length inputs run as one batch; results equal
         :meth:`embed` of each input."""
         rate = self.sample_rate if sample_rate is None else sample_rate
-        loaded = [self._wave(w, rate) for w in waves]
+        loaded = [self._loaded(w, rate) for w in waves]
         if not loaded:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         emb = embed_waves(self.encoder, self.fbank, loaded, self.device)
@@ -296,28 +422,34 @@ class SpeakerModel:
 
     # -- scoring -----------------------------------------------------------
 
-    def _as_embedding(self, x: Audio) -> np.ndarray:
+    def _as_embedding(self, x: Audio, sample_rate: int | None = None) -> np.ndarray:
         if isinstance(x, (str, os.PathLike)):
             return self.embed(x).astype(np.float64)
         arr = x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
         if arr.ndim == 1 and arr.shape[0] == self.embed_dim:
             return arr.astype(np.float64)  # an embedding (far too short to be audio)
-        return self.embed(arr, self.sample_rate).astype(np.float64)
+        if sample_rate is None:
+            raise ValueError("sample_rate is required when a waveform array is scored (e.g. "
+                             "model.score(wave_a, wave_b, sample_rate=16000)); a 1-D array of length "
+                             f"{self.embed_dim} is taken as an embedding")
+        return self.embed(arr, sample_rate).astype(np.float64)
 
-    def score(self, a: Audio, b: Audio) -> float:
+    def score(self, a: Audio, b: Audio, sample_rate: int | None = None) -> float:
         """Cosine similarity of two recordings after subtracting the training mean embedding.
 
-        ``a`` and ``b`` are each a path, a 1-D 16 kHz waveform, or an embedding (a 1-D array of
-        length D). Scores lie in [-1, 1] and match ``cdino eval``'s scoring.
+        ``a`` and ``b`` are each a path, a 1-D waveform array at ``sample_rate`` Hz (required
+        for arrays, as in :meth:`embed`), or an embedding (a 1-D array of length D, recognised
+        by its length). Scores lie in [-1, 1] and match ``cdino eval``'s scoring.
         """
-        ea = self._as_embedding(a) - self.mean
-        eb = self._as_embedding(b) - self.mean
+        ea = self._as_embedding(a, sample_rate) - self.mean
+        eb = self._as_embedding(b, sample_rate) - self.mean
         denom = max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12)
         return float(np.clip(np.dot(ea, eb) / denom, -1.0, 1.0))
 
-    def verify(self, a: Audio, b: Audio) -> tuple[float, bool]:
-        """``(score, same_speaker)``: same when the score reaches :attr:`threshold`."""
-        s = self.score(a, b)
+    def verify(self, a: Audio, b: Audio, sample_rate: int | None = None) -> tuple[float, bool]:
+        """``(score, same_speaker)``: same when the score reaches :attr:`threshold`; inputs as
+        in :meth:`score`."""
+        s = self.score(a, b, sample_rate)
         return s, s >= self.threshold
 
     def with_threshold(self, threshold: float) -> "SpeakerModel":
@@ -333,6 +465,33 @@ class SpeakerModel:
 
 # ---------------------------------------------------------------------------
 # ONNX export
+
+
+def onnx_metadata(model: "SpeakerModel") -> dict[str, str]:
+    """What the ONNX file carries besides the graph (``metadata_props``; values are JSON), so
+    it scores alone: the training mean, the threshold, the fbank and encoder settings."""
+    return {"cdino.format_version": json.dumps(FORMAT_VERSION),
+            "cdino.version": json.dumps(__version__),
+            "cdino.mean": json.dumps([float(v) for v in model.mean]),
+            "cdino.threshold": json.dumps(float(model.threshold)),
+            "cdino.threshold_source": json.dumps(model.threshold_source),
+            "cdino.fbank": json.dumps(to_dict(model.config.fbank)),
+            "cdino.encoder": json.dumps(to_dict(model.config.encoder)),
+            "cdino.embed_dim": json.dumps(int(model.embed_dim)),
+            "cdino.scoring": json.dumps("cosine of embs after subtracting cdino.mean; same speaker "
+                                        "when the score >= cdino.threshold")}
+
+
+def _add_onnx_metadata(path: Path, model: "SpeakerModel") -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = onnx_metadata(model)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in kept + list(props.items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
 
 
 def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> tuple[Path, float]:
@@ -352,6 +511,7 @@ def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> t
                               dynamic_axes={"feats": {0: "batch", 1: "frames"},
                                             "embs": {0: "batch"}})
     try:
+        _add_onnx_metadata(tmp, model)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         gen = torch.Generator().manual_seed(0)
         worst = 1.0
@@ -373,7 +533,8 @@ def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> t
 
 def export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> Path:
     """Export the encoder to ONNX: input ``feats`` (batch, frames, 80) fbank, output ``embs``
-    (batch, dim), dynamic batch and frames. ONNX Runtime's output is checked against
+    (batch, dim), dynamic batch and frames; ``metadata_props`` hold :func:`onnx_metadata`
+    (mean, threshold, fbank settings as JSON). ONNX Runtime's output is checked against
     PyTorch's on random input; cosine below 0.9999 raises :class:`ModelFormatError`."""
     return _export_onnx(model_dir, onnx_path, opset)[0]
 
@@ -389,21 +550,40 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _warn(message: str | None, where: PathLike | None = None) -> None:
+    """Print ``warning: [where: ]message`` on stderr (nothing for ``None``)."""
+    if message:
+        print(f"warning: {f'{where}: ' if where is not None else ''}{message}", file=sys.stderr)
+
+
 def _batch_frames(model: SpeakerModel, batch_seconds: float) -> int:
     return max(1, int(batch_seconds * 1000.0 / model.config.fbank.frame_shift_ms))
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, json_out: PathLike,
              scores_out: PathLike | None = None, plots_dir: PathLike | None = None,
              asnorm_top_n: int | None = None, cohort: PathLike | None = None,
              device: str = "cpu", batch_seconds: float = DEFAULT_BATCH_FRAMES / 100,
-             progress: bool = True, optimize: bool = False) -> dict:
+             progress: bool = True, optimize: bool = False, label: str | None = None,
+             distributed: bool = False, num_workers: int = 0) -> dict:
     """``cdino eval``: embed the trial utterances whole, score by cosine after subtracting the
     model's training mean (optionally AS-norm against ``cohort``, an embeddings folder),
-    print EER and minDCF, write them (as fractions) to ``json_out``.
+    print EER and minDCF (prefixed ``[label]`` when given, e.g. the recipe stage), write them
+    (as fractions) to ``json_out``. A trial list too small for a meaningful EER is warned
+    about on stderr (:func:`cdino.metrics.small_trial_list_warning`).
 
     ``optimize`` (off by default, so the scores equal those of the eager encoder that the
-    recipe evaluates) uses the faster inference rewrite of the encoder."""
+    recipe evaluates) uses the faster inference rewrite of the encoder.
+
+    ``distributed`` (under ``torchrun``; call on every rank, each with its own ``device``):
+    the ranks share the embedding work; rank 0 scores, prints and writes, and returns the
+    result, the other ranks return ``{}``."""
     if asnorm_top_n is not None and cohort is None:
         raise ConfigError("AS-norm needs a cohort: an embeddings folder of unlabelled training "
                           "utterances (cdino embed)")
@@ -415,7 +595,10 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
     utts = [u for u in data.utts if u in needed]
     utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
                                    batch_frames=_batch_frames(model, batch_seconds),
-                                   progress=progress)
+                                   progress=progress, distributed=distributed,
+                                   num_workers=num_workers, desc="embedding test utterances")
+    if distributed and _rank() != 0:
+        return {}
     utt_index = {u: i for i, u in enumerate(utts)}
     asnorm = cohort_emb = None
     if asnorm_top_n is not None:
@@ -427,11 +610,13 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
     scores = np.asarray(score_trials(emb, utt_index, trials, mean=model.mean, asnorm=asnorm,
                                      cohort=cohort_emb), dtype=np.float64)
     labels = np.asarray(trials.labels)
+    _warn(small_trial_list_warning(labels), where=trials_path)
     result = {"eer": float(eer(scores, labels)),
               "mindcf_0.01": float(min_dcf(scores, labels, 0.01)),
               "mindcf_0.05": float(min_dcf(scores, labels, 0.05)),
               "n_trials": int(len(scores))}
-    print(f"EER {100 * result['eer']:.2f} %  minDCF(0.01) {result['mindcf_0.01']:.3f}  "
+    print(f"{f'[{label}] ' if label else ''}EER {100 * result['eer']:.2f} %  "
+          f"minDCF(0.01) {result['mindcf_0.01']:.3f}  "
           f"minDCF(0.05) {result['mindcf_0.05']:.3f}  ({result['n_trials']} trials)")
     _atomic_write(Path(json_out), json.dumps(result, indent=2) + "\n")
     if scores_out is not None:
@@ -450,23 +635,125 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
 
 
 def run_verify(model_dir: PathLike, a: PathLike, b: PathLike, threshold: float | None = None,
-               device: str = "cpu", optimize: bool = True) -> str:
-    """``cdino verify``: print and return ``score=<f> threshold=<f> decision=same|different``."""
+               device: str = "cpu", optimize: bool = True, as_json: bool = False) -> str:
+    """``cdino verify``: print (once) and return ``score=<f> threshold=<f> decision=same|different``,
+    or with ``as_json`` a one-line JSON object ``{"score", "threshold", "decision", "warnings",
+    "a", "b"}``. A clip too short for an embedding raises :class:`AudioError` naming it; a
+    clip under ``MIN_VERIFY_SECONDS`` or mostly silence gets a ``warning:`` line on stderr."""
     model = load_model(model_dir, device=device, optimize=optimize)
     if threshold is not None:
         model = model.with_threshold(threshold)
-    score, same = model.verify(a, b)
-    line = f"score={score:.6f} threshold={model.threshold:.6f} decision={'same' if same else 'different'}"
+    waves = [model.check_length(model._wave(p, None), str(p)) for p in (a, b)]
+    notes = [n for p, w in zip((a, b), waves) for n in clip_warnings(w, model.sample_rate, str(p))]
+    for note in notes:
+        _warn(note)
+    score, same = model.verify(*(model.embed(w, model.sample_rate) for w in waves))
+    decision = "same" if same else "different"
+    if as_json:
+        line = json.dumps({"score": score, "threshold": model.threshold, "decision": decision,
+                           "warnings": notes, "a": str(a), "b": str(b)})
+    else:
+        line = f"score={score:.6f} threshold={model.threshold:.6f} decision={decision}"
     print(line)
     return line
+
+
+@dataclass
+class Pairs:
+    """Unlabelled trials for ``cdino score``: ``enroll test`` as written, with their lines."""
+
+    enroll: list[str]
+    test: list[str]
+    path: Path
+    lines: list[int]
+
+
+def read_pairs(path: PathLike) -> Pairs:
+    """Read a pairs file: one ``enroll test`` per line (blank lines skipped); anything else is
+    a :class:`DataError` naming the file and line."""
+    from cdino.data.kaldi_dir import read_text_lines
+
+    path = Path(path)
+    pairs = Pairs([], [], path, [])
+    for lineno, line in enumerate(read_text_lines(path, "pairs"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            shown = line.strip() if len(line) <= 120 else line.strip()[:117] + "..."
+            raise DataError(f"{path}:{lineno}: expected 'enroll test' (two names, no label; "
+                            f"labelled trials go to cdino eval), got '{shown}'")
+        pairs.enroll.append(fields[0])
+        pairs.test.append(fields[1])
+        pairs.lines.append(lineno)
+    if not pairs.enroll:
+        raise DataError(f"{path}: no pairs")
+    return pairs
+
+
+def run_score(model_dir: PathLike, pairs_path: PathLike, out: PathLike, data_dir: PathLike | None = None,
+              threshold: float | None = None, device: str = "cpu",
+              batch_seconds: float = DEFAULT_BATCH_FRAMES / 100, progress: bool = True,
+              optimize: bool = True) -> dict:
+    """``cdino score``: score unlabelled pairs and write ``enroll test score decision`` lines
+    (decision ``same|different`` at the model's threshold, or ``threshold``) to ``out``.
+
+    With ``data_dir`` the names are utterance ids of that data folder (an audio suffix is
+    dropped, as in trials files) and are embedded whole like ``cdino eval``; without it they
+    are audio file paths, relative ones resolved against the current directory. Every name
+    is checked before any embedding work. Returns a summary."""
+    from cdino.data.kaldi_dir import utt_id_from_path
+
+    pairs = read_pairs(pairs_path)
+    names = list(dict.fromkeys(pairs.enroll + pairs.test))
+    if data_dir is not None:
+        data = DataDir.load(data_dir)
+        key = {n: utt_id_from_path(n) for n in names}
+        known = set(data.utts)
+        for e, t, lineno in zip(pairs.enroll, pairs.test, pairs.lines):
+            for n in (e, t):
+                if key[n] not in known:
+                    raise DataError(f"{pairs.path}:{lineno}: utterance '{n}' is not in {data_dir}")
+    else:
+        key = {n: n for n in names}
+        for e, t, lineno in zip(pairs.enroll, pairs.test, pairs.lines):
+            for n in (e, t):
+                if not Path(n).is_file():
+                    raise DataError(f"{pairs.path}:{lineno}: audio file '{n}' not found")
+    model = load_model(model_dir, device=device, optimize=optimize)
+    if threshold is not None:
+        model = model.with_threshold(threshold)
+    if data_dir is not None:
+        needed = set(key.values())
+        utts, emb = extract_embeddings(model.encoder, model.fbank, data,
+                                       utts=[u for u in data.utts if u in needed], device=model.device,
+                                       batch_frames=_batch_frames(model, batch_seconds), progress=progress)
+    else:
+        utts = list(dict.fromkeys(key.values()))
+        emb = np.stack([model.embed(u) for u in utts]) if utts else np.zeros((0, model.embed_dim))
+    index = {u: i for i, u in enumerate(utts)}
+    keyed = Pairs([key[n] for n in pairs.enroll], [key[n] for n in pairs.test], pairs.path, pairs.lines)
+    scores = np.asarray(score_trials(emb, index, keyed, mean=model.mean), dtype=np.float64)
+    same = scores >= model.threshold
+    _atomic_write(Path(out), "".join(f"{e} {t} {s:.6f} {'same' if d else 'different'}\n"
+                                     for e, t, s, d in zip(pairs.enroll, pairs.test, scores, same)))
+    summary = {"out": str(out), "n_pairs": int(len(scores)), "threshold": model.threshold,
+               "n_same": int(same.sum()), "n_different": int((~same).sum())}
+    print(f"wrote {summary['n_pairs']} scores to {out} (threshold {model.threshold:.6f}: "
+          f"{summary['n_same']} same, {summary['n_different']} different)")
+    return summary
 
 
 def run_embed(model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, device: str = "cpu",
               batch_seconds: float = DEFAULT_BATCH_FRAMES / 100, shard_size: int = DEFAULT_SHARD_SIZE,
               skip_bad: bool = True, rank: int = 0, world_size: int = 1,
-              progress: bool = True, optimize: bool = True) -> dict:
+              progress: bool = True, optimize: bool = True, distributed: bool = False,
+              num_workers: int = 0) -> dict:
     """``cdino embed``: full-utterance embeddings of a data folder into ``out_dir``
-    (``embeddings.npy`` + ``utts.txt``; resumable). Returns a summary."""
+    (``embeddings.npy`` + ``utts.txt``; resumable). Returns a summary.
+
+    ``distributed`` (under ``torchrun``, on every rank): the ranks share the shards and
+    rank 0 writes the merged folder; ``rank``/``world_size`` instead split by hand."""
     from cdino.data.audio import SkippedFiles
 
     model = load_model(model_dir, device=device, optimize=optimize)
@@ -474,10 +761,13 @@ def run_embed(model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, device
     utts, emb = extract_embeddings(model.encoder, model.fbank, data_dir, out_dir=out_dir,
                                    device=model.device, batch_frames=_batch_frames(model, batch_seconds),
                                    shard_size=shard_size, rank=rank, world_size=world_size,
-                                   progress=progress, skipped=skipped, skip_bad=skip_bad)
+                                   progress=progress, skipped=skipped, skip_bad=skip_bad,
+                                   distributed=distributed, num_workers=num_workers)
     summary = {"out": str(out_dir), "n_utts": len(utts), "embed_dim": model.embed_dim,
                "skipped": skipped.count}
-    where = "embeddings.npy + utts.txt" if world_size == 1 else f"shards of rank {rank}"
+    if distributed and _rank() != 0:
+        return summary
+    where = "embeddings.npy + utts.txt" if world_size == 1 or distributed else f"shards of rank {rank}"
     print(f"wrote {len(utts)} embeddings ({model.embed_dim}-d) to {out_dir} ({where}); "
           f"{skipped.summary()}")
     return summary

@@ -1,4 +1,4 @@
-"""The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / export / run / demo.
+"""The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export / run / demo.
 
 User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2.
 """
@@ -69,7 +69,21 @@ def cmd_train(args) -> int:
 
     from cdino.train import stages
 
-    cfg = _load_train_config(args)
+    if args.recipe:
+        from cdino.config import read_yaml
+        from cdino.recipe import stage_train_config
+
+        if not args.stage:
+            raise_error("--recipe needs --stage (dino, cdino, pseudo, mm or supervised)")
+        cfg, method = stage_train_config(args.recipe, args.stage, overrides=args.set,
+                                         extra=read_yaml(args.config) if args.config else None)
+        if args.method and args.method != method:
+            raise_error(f"--method {args.method} does not match --stage {args.stage} ({method})")
+        args.method = method
+    elif not args.method:
+        raise_error("cdino train needs --method (or --recipe and --stage)")
+    else:
+        cfg = _load_train_config(args)
     if args.method in ("dino", "cdino"):
         if args.init:
             cfg = replace(cfg, dino=replace(cfg.dino, init=args.init))
@@ -83,8 +97,12 @@ def cmd_train(args) -> int:
         if args.test_data and args.test_trials:
             from cdino.api import run_eval
 
+            from cdino.train.distributed import resolve_device
+
             def on_round(r, model_dir, summary):  # reporting only: nothing is chosen on it
-                run_eval(model_dir, args.test_data, args.test_trials, Path(model_dir).parent / "eval.json")
+                run_eval(model_dir, args.test_data, args.test_trials, Path(model_dir).parent / "eval.json",
+                         label=f"round{r}", device=str(resolve_device(cfg.trainer.device)),
+                         distributed=True, num_workers=cfg.data.num_workers)
         summaries = stages.train_pseudo_rounds(cfg, args.data, args.init, args.out, resume=args.resume,
                                                on_round=on_round)
         model = Path(args.out) / f"round{len(summaries)}" / "model"
@@ -110,28 +128,51 @@ def _device(name: str) -> str:
     return name
 
 
+def _ranks(device: str) -> tuple[str, bool]:
+    """Under torchrun: join the process group; returns (this rank's device, distributed)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _device(device), False
+    from cdino.train.distributed import init_distributed, resolve_device
+
+    dev = resolve_device(device)
+    init_distributed(dev)
+    return str(dev), True
+
+
 def cmd_embed(args) -> int:
     from cdino.api import run_embed
 
-    run_embed(args.model, args.data, args.out, device=_device(args.device))
+    device, distributed = _ranks(args.device)
+    run_embed(args.model, args.data, args.out, device=device, distributed=distributed,
+              num_workers=args.workers)
     return 0
 
 
 def cmd_eval(args) -> int:
     from cdino.api import run_eval
 
+    device, distributed = _ranks(args.device)
     run_eval(args.model, args.data, args.trials, args.json, scores_out=args.scores,
              plots_dir=args.plots, asnorm_top_n=args.asnorm, cohort=args.cohort,
-             device=_device(args.device))
+             device=device, distributed=distributed, num_workers=args.workers)
     return 0
 
 
 def cmd_verify(args) -> int:
     from cdino.api import run_verify
 
-    line = run_verify(args.model, args.a, args.b, threshold=args.threshold)
-    if line:
-        print(line)
+    run_verify(args.model, args.a, args.b, threshold=args.threshold, device=_device(args.device),
+               as_json=args.json)  # prints its line (or JSON) itself
+    return 0
+
+
+def cmd_score(args) -> int:
+    from cdino.api import run_score
+
+    run_score(args.model, args.pairs, args.out, data_dir=args.data, threshold=args.threshold,
+              device=_device(args.device))
     return 0
 
 
@@ -169,45 +210,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"cdino {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    from cdino.recipe import STAGES
+
+    from_help = f"redo from this stage on; stages in order: {', '.join(STAGES)}"
+    device_help = "cpu, cuda, cuda:N or auto (CUDA when present; default auto)"
 
     s = sub.add_parser("demo", help="run the whole pipeline on the built-in simulated corpus")
     s.add_argument("--out", default="cdino-demo", help="output folder (default ./cdino-demo)")
     s.add_argument("--quick", action="store_true", help="tiny corpus and few steps (about 2 minutes)")
-    s.add_argument("--from", dest="from_stage", help="redo from this stage on")
+    s.add_argument("--from", dest="from_stage", metavar="STAGE", help=from_help)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("run", help="run a recipe (stages in order, finished ones skipped)")
     s.add_argument("recipe", help="recipe YAML file (or a built-in name: demo, quick)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--from", dest="from_stage", help="redo from this stage on")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    s.add_argument("--out", required=True, help="experiment folder (stages write EXP/<stage>/)")
+    s.add_argument("--from", dest="from_stage", metavar="STAGE", help=from_help)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value (KEY: a dotted path into the recipe YAML; repeatable)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("corpus", help="generate the simulated multi-speaker corpus")
-    s.add_argument("action", choices=["synth"])
-    s.add_argument("--out", required=True)
-    s.add_argument("--speakers", type=int, help="training speakers")
-    s.add_argument("--test-speakers", type=int, help="test speakers (disjoint)")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--preset", default="default", choices=["default", "quick", "tiny"])
-    s.add_argument("--workers", type=int)
+    s.add_argument("action", choices=["synth"], help="synth: synthesise the corpus")
+    s.add_argument("--out", required=True, help="corpus folder to write")
+    s.add_argument("--speakers", type=int, help="training speakers (default: the preset's)")
+    s.add_argument("--test-speakers", type=int, help="test speakers, disjoint from training (default: the preset's)")
+    s.add_argument("--seed", type=int, help="random seed (same seed, same corpus; default: the preset's)")
+    s.add_argument("--preset", default="default", choices=["default", "quick", "tiny"],
+                   help="corpus size: default (the demo's), quick or tiny (default: default)")
+    s.add_argument("--workers", type=int, help="synthesis processes (default: the preset's)")
     s.set_defaults(func=cmd_corpus)
 
     s = sub.add_parser("prepare", help="data folders from local VoxCeleb / MUSAN / RIRS copies, or shards")
-    s.add_argument("what", choices=["voxceleb", "musan", "rirs", "shards"])
-    s.add_argument("--vox1")
-    s.add_argument("--vox2")
+    s.add_argument("what", choices=["voxceleb", "musan", "rirs", "shards"], help="what to prepare")
+    s.add_argument("--vox1", help="voxceleb: local VoxCeleb1 copy (holding wav/idXXXXX/<video>/00001.wav)")
+    s.add_argument("--vox2", help="voxceleb: local VoxCeleb2 dev copy")
     s.add_argument("--trials", help="folder with veri_test2.txt / list_test_all2.txt / list_test_hard2.txt")
-    s.add_argument("--musan")
-    s.add_argument("--rirs")
+    s.add_argument("--musan", help="musan: local MUSAN copy (noise/ speech/ music/)")
+    s.add_argument("--rirs", help="rirs: local RIRS_NOISES copy")
     s.add_argument("--data", help="data folder to shard (prepare shards)")
-    s.add_argument("--shard-mb", type=int, default=256)
-    s.add_argument("--out", required=True)
+    s.add_argument("--shard-mb", type=int, default=256, help="shards: target size of one tar shard in MB (default 256)")
+    s.add_argument("--out", required=True, help="output folder (data folder, or shard folder)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a stage: dino | cdino | pseudo | supervised")
-    s.add_argument("--method", required=True, choices=["dino", "cdino", "pseudo", "supervised"])
-    s.add_argument("--data", required=True, help="training data folder (wav.scp)")
+    s.add_argument("--recipe", help="take the config from this recipe's --stage (base + the stage's "
+                                    "overrides, as `cdino run` uses them); --config / --set apply on top")
+    s.add_argument("--stage", choices=["dino", "cdino", "pseudo", "mm", "supervised"],
+                   help="with --recipe: which stage of it to train (mm: the audio-visual rounds)")
+    s.add_argument("--method", choices=["dino", "cdino", "pseudo", "supervised"],
+                   help="dino, cdino (cluster-aware DINO), pseudo (DLG-LC rounds; needs --init) or "
+                        "supervised (the labelled reference; needs utt2spk); required unless "
+                        "--recipe/--stage name it")
+    s.add_argument("--data", required=True, help="training data folder (wav.scp), or a shard folder (shards.list)")
     s.add_argument("--out", required=True, help="experiment folder")
     s.add_argument("--init", help="start from a model folder (pseudo: required) or a DINO experiment")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -217,34 +271,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("embed", help="full-utterance embeddings of a data folder")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--model", required=True, help="model folder (EXP/model)")
+    s.add_argument("--data", required=True, help="data folder (wav.scp) whose utterances to embed")
+    s.add_argument("--out", required=True, help="output folder: embeddings.npy + utts.txt (resumable)")
+    s.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="DataLoader workers reading audio ahead (0: two reader threads)")
+    s.add_argument("--device", default="auto", help=device_help)
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("eval", help="EER and minDCF of a model on trials")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--trials", required=True)
-    s.add_argument("--json", required=True)
-    s.add_argument("--scores")
-    s.add_argument("--plots")
+    s.add_argument("--model", required=True, help="model folder (EXP/model)")
+    s.add_argument("--data", required=True, help="data folder (wav.scp) holding the trial utterances")
+    s.add_argument("--trials", required=True,
+                   help="trials file: 'enroll test target|nontarget' or '1|0 enroll test' lines")
+    s.add_argument("--json", required=True, help="write EER and minDCF (fractions) to this JSON file")
+    s.add_argument("--scores", help="also write 'enroll test score' lines to this file")
+    s.add_argument("--plots", help="also write DET and score-histogram plots into this folder")
     s.add_argument("--asnorm", type=int, metavar="TOP_N", help="AS-norm with this cohort top-N")
     s.add_argument("--cohort", help="embedding folder of unlabelled training utterances for AS-norm")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="DataLoader workers reading audio ahead (0: two reader threads)")
+    s.add_argument("--device", default="auto", help=device_help)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("verify", help="score two audio files and decide same/different speaker")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help="model folder (EXP/model)")
     s.add_argument("--threshold", type=float, help="override the model folder's threshold")
-    s.add_argument("a")
-    s.add_argument("b")
+    s.add_argument("--json", action="store_true",
+                   help="print a JSON object (score, threshold, decision, warnings) instead of the line")
+    s.add_argument("--device", default="auto", help=device_help)
+    s.add_argument("a", help="first audio file (wav/flac/ogg; any rate, mixed down to mono)")
+    s.add_argument("b", help="second audio file")
     s.set_defaults(func=cmd_verify)
 
+    s = sub.add_parser("score", help="score unlabelled pairs: 'enroll test score decision' lines")
+    s.add_argument("--model", required=True, help="model folder (EXP/model)")
+    s.add_argument("--pairs", required=True,
+                   help="pairs file, one 'enroll test' per line: audio paths (relative to the current "
+                        "folder), or utterance ids of --data")
+    s.add_argument("--out", required=True, help="write 'enroll test score same|different' lines here")
+    s.add_argument("--data", help="data folder (wav.scp): the pairs name its utterance ids")
+    s.add_argument("--threshold", type=float, help="decide at this score instead of the model's threshold")
+    s.add_argument("--device", default="auto", help=device_help)
+    s.set_defaults(func=cmd_score)
+
     s = sub.add_parser("export", help="export the encoder to ONNX (fbank in, embedding out)")
-    s.add_argument("--model", required=True)
-    s.add_argument("--onnx", required=True)
+    s.add_argument("--model", required=True, help="model folder (EXP/model)")
+    s.add_argument("--onnx", required=True,
+                   help="ONNX file to write (with the mean, threshold and fbank settings as metadata)")
     s.set_defaults(func=cmd_export)
     return p
 

@@ -19,6 +19,10 @@ computed in O(n log n) by one sort.
 
 Clustering (against true labels, as a diagnostic): :func:`nmi` (arithmetic-mean
 normalisation) and :func:`purity`. Rates are fractions (0.0123 = 1.23 %).
+
+:func:`small_trial_list_warning` says when a trial list has too few target or non-target
+trials (``MIN_TRIALS_PER_CLASS``, 100 each) for its EER to mean much: with n trials of a
+class, error rates move in steps of 1/n, and 3 trials happily give "EER 0.00 %".
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "eer",
     "eer_threshold",
     "min_dcf",
+    "small_trial_list_warning",
     "det_curve",
     "bootstrap_eer",
     "nmi",
@@ -125,6 +130,23 @@ def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 
     p_fa = np.r_[p_fa, 0.0]
     cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+#: Fewer target or non-target trials than this make an EER / minDCF too coarse to trust.
+MIN_TRIALS_PER_CLASS = 100
+
+
+def small_trial_list_warning(labels, min_target: int = MIN_TRIALS_PER_CLASS,
+                             min_nontarget: int = MIN_TRIALS_PER_CLASS) -> str | None:
+    """A one-line warning when ``labels`` (1 target / 0 non-target) hold fewer than
+    ``min_target`` target or ``min_nontarget`` non-target trials; ``None`` when enough."""
+    lab = np.asarray(labels).reshape(-1)
+    n_tar = int(np.count_nonzero(lab == 1))
+    n_non = int(lab.size - n_tar)
+    if n_tar >= min_target and n_non >= min_nontarget:
+        return None
+    return (f"only {n_tar} target and {n_non} non-target trials (fewer than {min_target} / "
+            f"{min_nontarget}): the EER and minDCF are too coarse to be meaningful")
 
 
 def _sorted_groups(s: np.ndarray, is_tar: np.ndarray):

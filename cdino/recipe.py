@@ -20,6 +20,7 @@ from that stage on; a killed stage resumes from its checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,19 @@ def load_recipe(source: str | Path, overrides=()) -> RecipeConfig:
     return load_config(RecipeConfig, path, overrides=list(overrides))
 
 
+def stage_overrides(recipe: RecipeConfig, stage: str) -> dict:
+    """A stage's overrides of the training defaults: ``base``, then ``pseudo`` for every
+    pseudo-label stage, then ``mm`` for the audio-visual rounds, or the stage's own."""
+    parts = [recipe.base]
+    if stage in ("pseudo", "mm", "ablations"):
+        parts.append(recipe.pseudo)
+    if stage == "mm":
+        parts.append(recipe.mm)
+    if stage in ("dino", "cdino", "supervised"):
+        parts.append(getattr(recipe, stage))
+    return _merge(*parts)
+
+
 def _merge(*dicts: dict) -> dict:
     out: dict = {}
     for d in dicts:
@@ -102,7 +116,8 @@ class Pipeline:
         self.r = recipe
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        if os.environ.get("RANK", "0") == "0":  # before the process group exists: one writer
+            (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
         self.rounds = self.train_config("pseudo").pseudo.rounds
         self._check_final()
 
@@ -110,15 +125,8 @@ class Pipeline:
     def train_config(self, stage: str, extra: dict | None = None):
         from cdino.train.trainer import TrainConfig
 
-        parts = [self.r.base]
-        if stage in ("pseudo", "mm", "ablations"):
-            parts.append(self.r.pseudo)
-        if stage == "mm":
-            parts.append(self.r.mm)
-        if stage in ("dino", "cdino", "supervised"):
-            parts.append(getattr(self.r, stage))
-        parts.append(extra or {})
-        return from_dict(TrainConfig, _merge(*parts), where=f"recipe stage '{stage}'")
+        return from_dict(TrainConfig, _merge(stage_overrides(self.r, stage), extra or {}),
+                         where=f"recipe stage '{stage}'")
 
     def _check_final(self) -> None:
         names = self.stage_names()
@@ -169,8 +177,9 @@ class Pipeline:
                 shutil.rmtree(self.out / s, ignore_errors=True)
 
     def run(self, from_stage: str | None = None) -> dict:
-        """Run the stages in order. Under ``torchrun`` every rank runs the training stages
-        together; data generation, baselines, evaluation and the report run on rank 0."""
+        """Run the stages in order. Under ``torchrun`` every rank runs every stage together:
+        training, embedding for clustering and for evaluation are split over the ranks;
+        only generating the corpus, k-means, scoring and writing the report are rank 0's."""
         from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
 
         init_distributed(resolve_device(self.train_config("dino").trainer.device))
@@ -192,7 +201,7 @@ class Pipeline:
             if is_main():
                 print(f"[{stage}] running", flush=True)
             t0 = time.perf_counter()
-            if stage in ("corpus", "baselines", "report") and not is_main():
+            if stage in ("corpus", "report") and not is_main():
                 info = {}
             else:
                 info = getattr(self, f"stage_{stage}")() or {}
@@ -202,19 +211,27 @@ class Pipeline:
             barrier()
         if not is_main():
             return {}
-        print(f"pipeline finished in {time.perf_counter() - t_start:.0f} s; see {self.out / 'report.md'}")
-        return json.loads((self.out / "results.json").read_text())
+        results = json.loads((self.out / "results.json").read_text())
+        total, now = results["seconds"]["total"], time.perf_counter() - t_start
+        earlier = f" ({now:.0f} s in this run, the rest in earlier runs)" if total - now > 5 else ""
+        print(f"pipeline finished: {total:.0f} s in all{earlier}; see {self.out / 'report.md'}")
+        return results
 
     def evaluate(self, model_dir: Path, name: str) -> dict:
+        """Test-trial EER/minDCF of a stage's model (reporting only). Called on every rank:
+        the ranks embed the test utterances together on their devices; rank 0 scores and
+        returns the result, the others ``{}``."""
         from cdino.api import run_eval
-        from cdino.train.distributed import is_main
+        from cdino.train.distributed import is_main, resolve_device
 
-        if not is_main():
-            return {}
+        cfg = self.train_config("dino")
         edir = self.out / "eval" / name
-        edir.mkdir(parents=True, exist_ok=True)
+        if is_main():
+            edir.mkdir(parents=True, exist_ok=True)
         res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
-                       scores_out=edir / "scores.txt", progress=False)
+                       scores_out=edir / "scores.txt", progress=False, label=name,
+                       device=str(resolve_device(cfg.trainer.device)), distributed=True,
+                       num_workers=cfg.data.num_workers)
         return dict(res)
 
     def stage_corpus(self) -> dict:
@@ -237,12 +254,17 @@ class Pipeline:
 
     def stage_baselines(self) -> dict:
         from cdino.eval.baselines import fbank_stats_baseline, untrained_model
+        from cdino.train.distributed import is_main
 
         cfg = self.train_config("dino")
+        t0 = time.perf_counter()
         model = untrained_model(cfg, self.train_dir, self.out / "baselines" / "untrained")
-        res = {"untrained": self.evaluate(model, "untrained")}
-        res["fbank_stats"] = fbank_stats_baseline(cfg.fbank, self.train_dir, self.test_dir, self.trials,
-                                                  self.out / "eval" / "fbank_stats")
+        res = {"untrained": {**self.evaluate(model, "untrained"), "seconds": time.perf_counter() - t0}}
+        if is_main():  # a few seconds of fbank statistics: not worth splitting
+            t0 = time.perf_counter()
+            res["fbank_stats"] = fbank_stats_baseline(cfg.fbank, self.train_dir, self.test_dir, self.trials,
+                                                      self.out / "eval" / "fbank_stats")
+            res["fbank_stats"]["seconds"] = time.perf_counter() - t0
         return res
 
     def _train_stage1(self, method: str, extra: dict | None = None) -> dict:
@@ -325,6 +347,7 @@ class Pipeline:
     def stage_report(self) -> dict:
         from cdino.report import write_report
 
+        self.report_started = time.perf_counter()
         final = self.resolve_final()
         write_report(self, final)
         src = self._model_dir_of(final)
@@ -369,6 +392,26 @@ def _round_diag(summary: dict) -> dict:
     if epochs:
         out["gate"] = epochs
     return out
+
+
+TRAIN_STAGES = {"dino": "dino", "cdino": "cdino", "pseudo": "pseudo", "mm": "pseudo", "supervised": "supervised"}
+
+
+def stage_train_config(source, stage: str, overrides=(), extra: dict | None = None):
+    """The training config one stage of a recipe runs with (its ``base`` + the stage's
+    overrides, as ``cdino run`` uses them), for ``cdino train --recipe R --stage S``;
+    ``extra`` (a ``--config`` file's overrides) and then ``overrides`` (``KEY=VALUE``) apply
+    on top. Returns ``(TrainConfig, method)``."""
+    if stage not in TRAIN_STAGES:
+        raise ConfigError(f"--stage: '{stage}' is not a training stage ({', '.join(TRAIN_STAGES)})")
+    from cdino.config import apply_overrides
+    from cdino.train.trainer import TrainConfig
+
+    modality = {"mm": "audio_visual", "pseudo": "audio"}.get(stage)
+    merged = _merge(stage_overrides(load_recipe(source), stage),
+                    {"pseudo": {"modality": modality}} if modality else {}, extra or {})
+    merged = apply_overrides(merged, list(overrides))
+    return from_dict(TrainConfig, merged, where=f"recipe {source} stage '{stage}'"), TRAIN_STAGES[stage]
 
 
 def run_recipe(source, out: Path, from_stage: str | None = None, overrides=()) -> dict:

@@ -71,7 +71,9 @@ def collect_results(pipe, final: str) -> dict:
     results["baselines"] = {}
     for name in ("untrained", "fbank_stats"):
         if name in base:
-            results["baselines"][name] = _with_ci(_metrics(base[name]), _scores(out, name), labels, n_boot)
+            results["baselines"][name] = _with_ci({**_metrics(base[name]),
+                                                   "seconds": float(base[name].get("seconds", 0.0))},
+                                                  _scores(out, name), labels, n_boot)
     sup = pipe.stage_info("supervised")
     if sup:
         results["supervised"] = _with_ci({**_metrics(sup), "seconds": float(sup.get("seconds", 0.0)),
@@ -86,8 +88,11 @@ def collect_results(pipe, final: str) -> dict:
                                                    "gate": res.get("gate", [])},
                                                   _scores(out, scores_name), labels, n_boot)
     corpus = pipe.stage_info("corpus")
+    # The one total: every stage's recorded wall time (those of earlier runs included) and
+    # the report's own, so results.json, report.md and the console say the same number.
     total = sum(float(pipe.stage_info(s).get("seconds", 0.0)) for s in
                 ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised"))
+    total += time.perf_counter() - getattr(pipe, "report_started", time.perf_counter())
     results["seconds"] = {"corpus": float(corpus.get("seconds", 0.0)), "total": total}
     return results
 
@@ -210,7 +215,9 @@ def write_report(pipe, final: str) -> dict:
             lines.append(f"- {'met' if ok else '**missed**'}: {text} ({nums})")
         lines.append("")
     lines += ["## Plots", "", "![EER per stage](plots/eer_by_stage.png)", "", "![DET](plots/det.png)", ""]
-    for p in gate_plots[-6:]:
+    if gate_plots:
+        lines += ["### Loss gate per epoch (every round)", ""]
+    for p in gate_plots:
         lines.append(f"![{p.stem}]({p})")
     lines += ["", f"Wall time: corpus {results['seconds']['corpus']:.0f} s, total {results['seconds']['total']:.0f} s.", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -219,10 +226,14 @@ def write_report(pipe, final: str) -> dict:
 
 
 def _print_summary(results: dict) -> None:
-    print(f"{'stage':<22}{'EER %':>8}{'minDCF.01':>11}{'minDCF.05':>11}")
+    print(f"{'stage':<22}{'EER %':>8}{'minDCF.01':>11}{'minDCF.05':>11}{'wall s':>9}")
     rows = [(f"baseline {k}", v) for k, v in results["baselines"].items()]
     rows += [(s["name"], s) for s in results["stages"]]
     if results.get("supervised"):
         rows.append(("supervised", results["supervised"]))
+    rows += [(f"ablation {k}", v) for k, v in results.get("ablations", {}).items()]
     for name, s in rows:
-        print(f"{name:<22}{100 * s['eer']:>8.2f}{s['mindcf_0.01']:>11.3f}{s['mindcf_0.05']:>11.3f}")
+        print(f"{name:<22}{100 * s['eer']:>8.2f}{s['mindcf_0.01']:>11.3f}{s['mindcf_0.05']:>11.3f}"
+              f"{s.get('seconds', 0.0):>9.0f}")
+    for text, ok, nums in targets(results):
+        print(f"target {'met' if ok else 'MISSED'}: {text} ({nums})")

@@ -16,7 +16,7 @@ import cdino
 import cdino.api as api
 from cdino.api import load_model, run_eval, run_verify, save_model_folder
 from cdino.data.kaldi_dir import write_data_dir
-from cdino.errors import ConfigError, DataError, ModelFormatError
+from cdino.errors import AudioError, ConfigError, DataError, ModelFormatError
 from cdino.eval.embed import embed_waves
 from cdino.frontend.fbank import Fbank, FbankConfig
 from cdino.metrics import eer, min_dcf
@@ -122,7 +122,7 @@ def test_score_is_symmetric_bounded_and_uses_the_mean(model_dir, tmp_path):
     assert model.score(pa, pa) == pytest.approx(1.0, abs=1e-6)
     ea, eb = model.embed(a, 16000), model.embed(b, 16000)
     assert model.score(ea, eb) == pytest.approx(s_ab, abs=1e-6)
-    assert model.score(a, eb) == pytest.approx(s_ab, abs=1e-6)  # arrays are 16 kHz audio
+    assert model.score(a, eb, sample_rate=16000) == pytest.approx(s_ab, abs=1e-6)  # audio + embedding
     xa, xb = ea - model.mean, eb - model.mean
     assert s_ab == pytest.approx(np.dot(xa, xb) / np.linalg.norm(xa) / np.linalg.norm(xb), abs=1e-6)
     raw = np.dot(ea, eb) / np.linalg.norm(ea) / np.linalg.norm(eb)
@@ -262,3 +262,237 @@ def test_run_verify_prints_score_threshold_decision(model_dir, tmp_path, capsys)
     assert run_verify(model_dir, a, a, optimize=False).endswith("decision=same")
     assert run_verify(model_dir, a, b, threshold=1.5,
                       optimize=False).endswith("threshold=1.500000 decision=different")
+
+
+# ---------------------------------------------------------------------------
+# issue 13: newcomer findings
+
+
+def test_cli_verify_prints_its_line_once(model_dir, tmp_path, capsys):
+    from cdino.cli import main
+
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(a, voice(24000, 120.0, seed=3), 16000)
+    sf.write(b, voice(24000, 260.0, seed=4), 16000)
+    assert main(["verify", "--model", str(model_dir), str(a), str(b)]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    assert re.fullmatch(r"score=-?\d+\.\d{6} threshold=0\.250000 decision=(same|different)", lines[0])
+    assert err == ""  # 1.5 s of sound each: nothing to warn about
+
+
+@pytest.mark.parametrize("samples", [0, 300, 1000])
+def test_cli_verify_of_a_clip_too_short_is_one_line_error(model_dir, tmp_path, capsys, samples):
+    from cdino.cli import main
+
+    short, good = tmp_path / "short.wav", tmp_path / "good.wav"
+    sf.write(short, voice(samples, 150.0), 16000)  # 0 ms / 19 ms / 62 ms
+    sf.write(good, voice(24000, 150.0), 16000)
+    for argv in ([str(short), str(good)], [str(good), str(short)]):
+        rc = main(["verify", "--model", str(model_dir), *argv])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == ""
+        assert err.startswith(f"error: {short}: ") and err.count("\n") == 1, err
+        assert "waveform" not in err
+    model = load_model(model_dir)
+    with pytest.raises(AudioError, match="short.wav: (too short for an embedding|empty)"):
+        model.embed(short)
+    with pytest.raises(AudioError, match="too short for an embedding"):
+        model.embed(voice(1000, 150.0), sample_rate=16000)
+    assert model.embed(voice(model.min_samples, 150.0), sample_rate=16000).shape == (32,)
+
+
+def test_verify_warns_about_short_and_mostly_silent_clips(model_dir, tmp_path, capsys):
+    from cdino.cli import main
+
+    short, silent, good = tmp_path / "short.wav", tmp_path / "silent.wav", tmp_path / "good.wav"
+    sf.write(short, voice(8000, 120.0, seed=1), 16000)  # 0.5 s < 1.0 s
+    sf.write(silent, np.concatenate([voice(16000, 200.0, seed=2), np.zeros(48000, np.float32)]), 16000)
+    sf.write(good, voice(32000, 160.0, seed=3), 16000)
+    assert main(["verify", "--model", str(model_dir), str(short), str(silent)]) == 0
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"score=\S+ threshold=\S+ decision=(same|different)\n", out)
+    warned = err.splitlines()
+    assert len(warned) == 2 and all(w.startswith("warning: ") for w in warned)
+    assert str(short) in warned[0] and "0.50 s" in warned[0]
+    assert str(silent) in warned[1] and "mostly silence" in warned[1]
+
+    assert main(["verify", "--model", str(model_dir), "--json", str(short), str(silent)]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert set(got) >= {"score", "threshold", "decision", "warnings"}
+    assert got["threshold"] == 0.25 and got["decision"] in ("same", "different")
+    assert got["decision"] == ("same" if got["score"] >= 0.25 else "different")
+    assert got["warnings"] == [w[len("warning: "):] for w in warned] and len(err.splitlines()) == 2
+    model = load_model(model_dir, optimize=True)
+    assert got["score"] == pytest.approx(model.score(short, silent), abs=1e-5)
+
+    assert main(["verify", "--model", str(model_dir), "--json", str(good), str(good)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warnings"] == [] and json.loads(out)["decision"] == "same" and err == ""
+
+
+def test_active_fraction_measures_the_share_of_sound():
+    rate = 16000
+    tone = voice(rate, 150.0)
+    assert api.active_fraction(tone, rate) == 1.0
+    assert api.active_fraction(np.zeros(rate, np.float32), rate) == 0.0
+    half = np.concatenate([tone, np.zeros(rate, np.float32)])
+    assert api.active_fraction(half, rate) == pytest.approx(0.5, abs=0.02)
+    quarter = np.concatenate([tone, np.zeros(3 * rate, np.float32)])
+    assert api.active_fraction(quarter, rate) == pytest.approx(0.25, abs=0.02)
+    # Quiet noise (-70 dBFS) is silence; the same clip at -30 dBFS is sound.
+    noise = np.random.default_rng(0).standard_normal(rate).astype(np.float32)
+    assert api.active_fraction(noise * 10 ** (-70 / 20), rate) == 0.0
+    assert api.active_fraction(noise * 10 ** (-30 / 20), rate) == 1.0
+    notes = api.clip_warnings(quarter, rate, "q.wav")
+    assert len(notes) == 1 and notes[0].startswith("q.wav: mostly silence")
+    assert len(api.clip_warnings(tone[:8000], rate, "s.wav")) == 1
+    assert api.clip_warnings(tone, rate, "t.wav") == []
+
+
+def test_score_of_arrays_needs_their_sample_rate(model_dir, tmp_path):
+    model = load_model(model_dir)
+    a16, b16 = voice(20000, 110.0, seed=1), voice(20000, 230.0, seed=2)
+    pa, pb = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(pa, a16, 16000, subtype="FLOAT")
+    sf.write(pb, b16, 16000, subtype="FLOAT")
+    from_paths = model.score(pa, pb)
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        model.score(a16, b16)
+    with pytest.raises(ValueError, match="sample_rate is required"):
+        model.verify(a16, pb)
+    assert model.score(a16, b16, sample_rate=16000) == pytest.approx(from_paths, abs=1e-6)
+    assert model.score(torch.from_numpy(a16), pb, sample_rate=16000) == pytest.approx(from_paths, abs=1e-6)
+    a8 = soxr.resample(a16, 16000, 8000, quality="HQ").astype(np.float32)
+    b8 = soxr.resample(b16, 16000, 8000, quality="HQ").astype(np.float32)
+    at_8k = model.score(a8, b8, sample_rate=8000)
+    assert at_8k == pytest.approx(from_paths, abs=2e-3)
+    assert model.verify(a8, b8, sample_rate=8000)[0] == at_8k
+    # Embeddings (1-D arrays of length D) still need no rate.
+    ea, eb = model.embed(pa), model.embed(pb)
+    assert model.score(ea, eb) == pytest.approx(from_paths, abs=1e-6)
+    assert model.score(ea, b16, sample_rate=16000) == pytest.approx(from_paths, abs=1e-6)
+
+
+def test_load_model_takes_a_device(model_dir, monkeypatch):
+    model = cdino.load_model(model_dir, device="cpu")
+    assert model.device == torch.device("cpu") and model.encoder is not None
+    assert cdino.load_model(model_dir, device="auto", optimize=True).embed_dim == 32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cdino.load_model(model_dir, device="auto").device == torch.device("cpu")
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match="CUDA is not available") as err:
+            cdino.load_model(model_dir, device=device)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="not a device name"):
+        load_model(model_dir, device="gpu-please")
+
+
+def test_features_and_embed_accept_paths(model_dir, tmp_path):
+    model = load_model(model_dir)
+    wave = voice(20000, 140.0)
+    path = tmp_path / "x.flac"
+    sf.write(path, wave, 16000, subtype="PCM_24")
+    read = sf.read(path, dtype="float32")[0]
+    feats = model.features(path)
+    assert feats.shape == (1, 123, 80)
+    torch.testing.assert_close(feats, model.features(read), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.features(str(path)), feats)
+    np.testing.assert_allclose(model.embed(path), model.embed(read, sample_rate=16000), rtol=1e-5, atol=1e-6)
+    at_8k = soxr.resample(read, 16000, 8000, quality="HQ").astype(np.float32)
+    assert model.features(at_8k, sample_rate=8000).shape == (1, 123, 80)
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640),
+                                                      (0o077, 0o700, 0o600)])
+def test_model_folder_modes_follow_the_umask(tmp_path, umask, dir_mode, file_mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        folder = save_model_folder(tmp_path / "model", tiny_encoder(), TINY, FbankConfig(),
+                                   np.zeros(32, np.float32), 0.3, "test")
+        again = save_model_folder(folder, tiny_encoder(seed=2), TINY, FbankConfig(),
+                                  np.zeros(32, np.float32), 0.4, "test")  # replacing keeps the modes
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(again.stat().st_mode) == dir_mode
+    files = sorted(folder.iterdir())
+    assert [p.name for p in files] == ["config.yaml", "encoder.safetensors", "mean.npy"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in files] == [file_mode] * 3
+    assert load_model(folder).threshold == 0.4
+
+
+def _pairs_setup(tmp_path):
+    data, trials, _ = make_eval_data(tmp_path)
+    rows = [line.split() for line in trials.read_text().splitlines()]
+    pairs = tmp_path / "pairs"
+    pairs.write_text("".join(f"{e} {t}\n" for e, t, _ in rows[:20]) + "\n")
+    return data, trials, pairs, rows[:20]
+
+
+def test_run_score_pairs_of_utterance_ids(model_dir, tmp_path, capsys):
+    from cdino.cli import main
+
+    data, trials, pairs, rows = _pairs_setup(tmp_path)
+    out = tmp_path / "scores.txt"
+    assert main(["score", "--model", str(model_dir), "--pairs", str(pairs), "--data", str(data),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert f"wrote 20 scores to {out}" in capsys.readouterr().out
+    got = [line.split() for line in out.read_text().splitlines()]
+    assert [g[:2] for g in got] == [r[:2] for r in rows]
+    assert all(g[3] == ("same" if float(g[2]) >= 0.25 else "different") for g in got)
+    run_eval(model_dir, data, trials, tmp_path / "r.json", scores_out=tmp_path / "eval_scores", progress=False)
+    ref = [float(line.split()[2]) for line in (tmp_path / "eval_scores").read_text().splitlines()[:20]]
+    np.testing.assert_allclose([float(g[2]) for g in got], ref, atol=1e-4)
+    # A threshold of the user's moves every decision.
+    summary = api.run_score(model_dir, pairs, out, data_dir=data, threshold=1.5, progress=False)
+    assert summary["n_same"] == 0 and summary["n_different"] == 20
+    assert all(line.endswith(" different") for line in out.read_text().splitlines())
+
+
+def test_run_score_pairs_of_paths(model_dir, tmp_path, monkeypatch, capsys):
+    from cdino.cli import main
+
+    data, _, _, _ = _pairs_setup(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths are relative to the current folder
+    pairs = tmp_path / "lists" / "pairs"
+    pairs.parent.mkdir()
+    pairs.write_text("audio/s0_u0.wav audio/s0_u1.wav\naudio/s0_u0.wav audio/s3_u2.wav\n"
+                     f"{tmp_path / 'audio' / 's1_u1.wav'} audio/s1_u1.wav\n")
+    assert main(["score", "--model", str(model_dir), "--pairs", str(pairs), "--out", "o.txt"]) == 0
+    got = [line.split() for line in (tmp_path / "o.txt").read_text().splitlines()]
+    model = load_model(model_dir)
+    assert [g[0] for g in got] == ["audio/s0_u0.wav", "audio/s0_u0.wav", str(tmp_path / "audio" / "s1_u1.wav")]
+    for g in got:
+        assert float(g[2]) == pytest.approx(model.score(g[0], g[1]), abs=1e-4)
+        assert g[3] == ("same" if float(g[2]) >= model.threshold else "different")
+    assert float(got[2][2]) == pytest.approx(1.0, abs=1e-5) and got[2][3] == "same"
+
+    capsys.readouterr()
+    pairs.write_text("audio/s0_u0.wav audio/nope.wav\n")
+    assert main(["score", "--model", str(model_dir), "--pairs", str(pairs), "--out", "o2.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {pairs}:1: ") and "nope.wav" in err and err.count("\n") == 1
+    pairs.write_text("audio/s0_u0.wav audio/s0_u1.wav\naudio/s0_u0.wav audio/s0_u1.wav target\n")
+    assert main(["score", "--model", str(model_dir), "--pairs", str(pairs), "--out", "o2.txt"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {pairs}:2: expected 'enroll test'")
+    pairs.write_text("s0_u0 ghost\n")
+    assert main(["score", "--model", str(model_dir), "--pairs", str(pairs), "--data", str(data),
+                 "--out", "o2.txt"]) == 2
+    assert "'ghost' is not in" in capsys.readouterr().err
+    assert not (tmp_path / "o2.txt").exists()
+
+
+def test_run_eval_label_prefixes_the_line_and_small_lists_are_warned(model_dir, tmp_path, capsys):
+    data, trials, n = make_eval_data(tmp_path)  # 12 target, 54 non-target trials
+    run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False, label="pseudo_r1")
+    out, err = capsys.readouterr()
+    assert re.fullmatch(rf"\[pseudo_r1\] EER \d+\.\d\d %  minDCF\(0\.01\) \S+  minDCF\(0\.05\) \S+  "
+                        rf"\({n} trials\)\n", out), out
+    assert err.startswith(f"warning: {trials}: only 12 target and 54 non-target trials") and err.count("\n") == 1
+    run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
+    assert capsys.readouterr().out.startswith("EER ")

@@ -9,7 +9,7 @@ import sys
 from cdino.cli import main
 from conftest import write_trials_for
 
-VERBS = ["demo", "run", "corpus", "prepare", "train", "embed", "eval", "verify", "export"]
+VERBS = ["demo", "run", "corpus", "prepare", "train", "embed", "eval", "verify", "score", "export"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -70,3 +70,76 @@ def test_train_eval_verify_export(tiny_data, tmp_path, capsys):
     assert set(parts) == {"score", "threshold", "decision"} and parts["decision"] in ("same", "different")
     assert main(["export", "--model", str(model), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 10000
+
+
+def _subparsers():
+    import argparse
+
+    from cdino.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_argument_of_every_verb_has_help():
+    import argparse
+
+    from cdino.recipe import STAGES
+
+    verbs = _subparsers()
+    assert set(VERBS) <= set(verbs)
+    missing = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+               for name, sp in verbs.items() for a in sp._actions
+               if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)]
+    assert missing == []
+    for name in ("demo", "run"):
+        text = verbs[name].format_help()
+        assert all(stage in " ".join(text.split()) for stage in STAGES), name
+    options = {name: {o for a in sp._actions for o in a.option_strings} for name, sp in verbs.items()}
+    assert {"--device", "--json", "--threshold"} <= options["verify"]
+    assert {"--model", "--pairs", "--out", "--data", "--threshold", "--device"} <= options["score"]
+    verify_help = " ".join(verbs["verify"].format_help().split())
+    assert "--device" in verify_help and "JSON" in verify_help
+
+
+def test_readme_command_table_covers_the_verbs_and_train_options():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `cdino ")]
+    for verb in VERBS:
+        assert any(row.startswith(f"| `cdino {verb}") for row in rows), verb
+    train = next(row for row in rows if row.startswith("| `cdino train"))
+    for option in ("--init", "--resume", "--config", "--data", "--out"):
+        assert option in train, option
+    verify = next(row for row in rows if row.startswith("| `cdino verify"))
+    assert "--json" in verify and "--threshold" in verify
+
+
+def test_pytest_removes_the_temp_folders_of_passing_tests(pytestconfig):
+    # pyproject.toml's [tool.pytest.ini_options], as pytest read them for this run
+    assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+    assert int(pytestconfig.getini("tmp_path_retention_count")) <= 1
+
+
+def test_verify_with_an_unavailable_device_is_one_line_error(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from cdino.api import save_model_folder
+    from cdino.frontend.fbank import FbankConfig
+    from cdino.models.registry import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(name="ecapa_tdnn_small", channels=16, embed_dim=32)
+    model = save_model_folder(tmp_path / "model", build_encoder(cfg).eval(), cfg, FbankConfig(),
+                              np.zeros(32, np.float32), 0.5, "test")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, 0.1 * np.sin(np.arange(24000) * 0.05).astype(np.float32), 16000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["verify", "--model", str(model), "--device", "cuda", str(wav), str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device 'cuda': CUDA is not available") and err.count("\n") == 1
+    assert main(["verify", "--model", str(model), "--device", "auto", str(wav), str(wav)]) == 0
+    assert capsys.readouterr().out.strip().endswith("decision=same")

@@ -134,6 +134,8 @@ def test_layout(tiny):
             assert cfg.min_utt_seconds - 0.01 <= info.duration <= cfg.max_utt_seconds + 0.01
         wave, _ = sf.read(str(d / scp[0][1]), dtype="float32")
         assert np.sqrt(np.mean(wave ** 2)) > 1e-3
+        durs = {u: float(s) for u, s in _read_lines(d / "utt2dur")}  # exact: training reads no header
+        assert [round(durs[u] * 16000) for u, _ in scp] == [sf.info(str(d / r)).frames for _, r in scp]
         utt2spk = dict(_read_lines(d / "utt2spk"))
         assert set(utt2spk) == set(utts)
         assert all(u.startswith(s + "-") for u, s in utt2spk.items())

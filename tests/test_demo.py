@@ -74,3 +74,33 @@ def test_rerun_skips_finished_stages(quick_demo):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done, skipped") >= 7
     assert time.perf_counter() - t0 < first_seconds / 2
+
+
+def test_quick_demo_on_two_ranks_matches_one(quick_demo, tmp_path):
+    """`torchrun --nproc_per_node 2 … demo --quick` (gloo, CPU) runs every stage and lands
+    near the 1-process run. The quick recipe fixes the micro-batch (16), so both runs see
+    the same batches; they differ by the order of floating-point sums only (DDP averaging
+    vs accumulation), which a few hundred steps and k-means amplify. Tolerance: 6 EER
+    points per stage (the quick demo's EERs are 30–45 % on 4,000 trials; their 95 %
+    bootstrap intervals are about ±1.5 points, seed-to-seed spread several points)."""
+    import shutil
+
+    one_out, _, _ = quick_demo
+    out = tmp_path / "two"
+    shutil.copytree(one_out / "corpus", out / "corpus")  # the same corpus, its stage marked done
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "cdino.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1500,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one = json.loads((one_out / "results.json").read_text())
+    two = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in two["stages"]] == [s["name"] for s in one["stages"]]
+    assert two["final"] == one["final"]
+    assert set(two["ablations"]) == set(one["ablations"]) and set(two["baselines"]) == set(one["baselines"])
+    # Same model, same test set: the untrained baseline is identical.
+    assert two["baselines"]["untrained"]["eer"] == pytest.approx(one["baselines"]["untrained"]["eer"], abs=1e-9)
+    for a, b in zip(one["stages"], two["stages"]):
+        assert abs(a["eer"] - b["eer"]) <= 0.06, (a["name"], a["eer"], b["eer"])
+    assert abs(one["supervised"]["eer"] - two["supervised"]["eer"]) <= 0.06
+    assert proc.stdout.count("[report] running") == 1  # one console: rank 0's

@@ -70,3 +70,27 @@ def test_export_refuses_a_model_whose_onnx_output_differs(model_dir, tmp_path, m
     with pytest.raises(ModelFormatError, match="differ from PyTorch"):
         export_onnx(model_dir, target)
     assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_onnx_file_carries_mean_threshold_and_fbank_settings(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    enc = build_encoder(TINY).eval()
+    mean = np.random.default_rng(3).normal(0, 0.1, 24).astype(np.float32)
+    fbank = FbankConfig(frame_shift_ms=12.5, dither=0.0)
+    model_dir = save_model_folder(tmp_path / "model", enc, TINY, fbank, mean, 0.3125, "pseudo-label EER")
+    path = export_onnx(model_dir, tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert set(props) >= {"cdino.mean", "cdino.threshold", "cdino.fbank"}
+    np.testing.assert_array_equal(np.asarray(json.loads(props["cdino.mean"]), np.float32), mean)
+    assert json.loads(props["cdino.threshold"]) == 0.3125
+    assert json.loads(props["cdino.threshold_source"]) == "pseudo-label EER"
+    got_fbank = json.loads(props["cdino.fbank"])
+    assert got_fbank["frame_shift_ms"] == 12.5 and got_fbank["n_mels"] == 80
+    assert FbankConfig(**got_fbank) == fbank  # the file alone rebuilds the front end
+    assert json.loads(props["cdino.embed_dim"]) == 24
+    # ONNX Runtime sees the same map, and the graph still runs.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["cdino.threshold"] == props["cdino.threshold"]
+    assert session.run(["embs"], {"feats": np.zeros((1, 50, 80), np.float32)})[0].shape == (1, 24)

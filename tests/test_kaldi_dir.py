@@ -105,8 +105,11 @@ def test_data_dir_without_speakers_and_from_spk2utt_only(tmp_path):
      r"spk2utt:2: utterance 'u1' is listed twice \(also on line 1\)"),
     ({"wav.scp": "u1 a.wav\n", "utt2dur": "u1 abc\n"}, r"utt2dur:1: duration 'abc'"),
     ({"wav.scp": "u1 a.wav\n", "utt2dur": "u1 -1\n"}, r"utt2dur:1: duration '-1'"),
-    ({"wav.scp": "u1 a.wav\nu2 b.wav\n", "utt2dur": "u1 1.0\n"},
-     r"utt2dur: no duration for utterance 'u2'"),
+    ({"wav.scp": "u1 a.wav\n", "utt2dur": "u1 1.0\nu9 2.0\n"},
+     r"utt2dur:2: utterance 'u9' is not in wav\.scp"),
+    ({"wav.scp": "u1 a.wav\n", "utt2dur": "u1 1.0\n\nu1 2.0\n"},
+     r"utt2dur:3: duplicate utterance id 'u1' \(first on line 1\)"),
+    ({"wav.scp": "u1 a.wav\n", "utt2dur": "u1 1.0 s\n"}, r"utt2dur:1: expected 'utt seconds'"),
 ])
 def test_data_dir_errors(tmp_path, files, pattern):
     d = tmp_path / "data"

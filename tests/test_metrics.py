@@ -191,3 +191,16 @@ def test_nmi_purity_invariant_to_label_permutation():
         metrics.nmi([0, 1], [0])
     with pytest.raises(ValueError):
         metrics.purity([], [])
+
+
+def test_small_trial_list_warning():
+    three = np.array([1, 0, 0])
+    assert metrics.eer([0.9, 0.1, 0.2], three) == 0.0  # a perfect-looking EER of 3 trials ...
+    msg = metrics.small_trial_list_warning(three)  # ... is warned about
+    assert msg.startswith("only 1 target and 2 non-target trials (fewer than 100 / 100)") and "\n" not in msg
+    enough = np.r_[np.ones(100, np.int8), np.zeros(100, np.int8)]
+    assert metrics.small_trial_list_warning(enough) is None
+    assert metrics.small_trial_list_warning(enough.astype(bool)) is None
+    assert "99 target and 5000" in metrics.small_trial_list_warning(np.r_[np.ones(99), np.zeros(5000)])
+    assert "100 target and 99 non-target" in metrics.small_trial_list_warning(np.r_[np.ones(100), np.zeros(99)])
+    assert metrics.small_trial_list_warning(three, min_target=1, min_nontarget=2) is None

@@ -62,7 +62,11 @@ def test_prepare_voxceleb_full(tmp_path):
 
     vox1_all = DataDir.load(out / "vox1")
     assert len(vox1_all) == 16 and summary["vox1"] == {
-        "dir": str(out / "vox1"), "utts": 16, "speakers": 4, "ignored_files": 0}
+        "dir": str(out / "vox1"), "utts": 16, "speakers": 4, "ignored_files": 0,
+        "unreadable_headers": 0}
+    # lengths from the headers, written once so that training reads none
+    assert vox1_all.utt2dur == {u: 0.01 for u in vox1_all.utts}
+    assert train.utt2dur == {u: 0.01 for u in train.utts}
     assert "id10270/vid_B-2/00002" in vox1_all.wav
     dev = DataDir.load(out / "vox1_dev")
     assert sorted(set(dev.utt2spk.values())) == ["id10001", "id10310"] and len(dev) == 8

@@ -1,4 +1,4 @@
-"""Tar shards: write, stream back across ranks and workers, survive damaged members."""
+"""Tar shards: write, index, read back as a training store, survive damaged members."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile as sf
-from torch.utils.data import DataLoader
 
 from cdino.data.audio import write_audio
-from cdino.data.kaldi_dir import read_scp, write_data_dir
-from cdino.data.shards import ShardDataset, read_shard_list, shard_key, utt_of_key, write_shards
-from cdino.errors import DataError
+from cdino.data.kaldi_dir import DataDir, read_scp, write_data_dir
+from cdino.data.loader import DataConfig, open_store
+from cdino.data.shards import INDEX_NAME, ShardStore, build_shard_index, load_shard_index, \
+    read_shard_list, shard_key, utt_of_key, write_shards
+from cdino.errors import AudioError, DataError
 
 
 @pytest.fixture()
@@ -34,14 +35,10 @@ def corpus(tmp_path):
     return tmp_path / "data", waves
 
 
-def keep(item):
-    return item
-
-
-def read_all(list_path, rank, world_size, workers, **kw):
-    ds = ShardDataset(list_path, rank=rank, world_size=world_size, **kw)
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=keep)
-    return list(loader)
+def read_all(folder, **kw):
+    """Every utterance of a shard folder, whole, through its store: {utt: wave}."""
+    store = ShardStore(folder, min_seconds=0.0, **kw)
+    return {u: store.read(i, 0, store.num_samples(i)) for i, u in enumerate(store.utts)}, store
 
 
 def test_shard_key_round_trip():
@@ -51,7 +48,7 @@ def test_shard_key_round_trip():
     assert shard_key("a/b") != shard_key("a%2Fb")
 
 
-def test_round_trip_two_ranks_two_workers(corpus, tmp_path):
+def test_round_trip_through_the_shard_store(corpus, tmp_path):
     data, waves = corpus
     out = tmp_path / "shards"
     paths = write_shards(data, out, shard_mb=0.012, progress=False)
@@ -63,41 +60,62 @@ def test_round_trip_two_ranks_two_workers(corpus, tmp_path):
         names = tar.getnames()
     assert names[0].endswith(".json") and names[1].endswith(".flac") and "/" not in names[0]
 
-    seen = []
-    for rank in range(2):
-        items = read_all(out / "shards.list", rank, 2, workers=2, seed=3, epoch=1)
-        seen += [item["utt"] for item in items]
-        for item in items:
-            wave = item["wave"]
-            assert isinstance(wave, np.ndarray) and wave.dtype == np.float32
-            assert item["spk"] == item["utt"].split("/")[0]
-            ref = waves[item["utt"]]
-            assert wave.shape == ref.shape
-            assert np.max(np.abs(wave - ref)) <= 1 / 32768 + 1e-6
-    assert sorted(seen) == sorted(waves)  # every utterance exactly once
-    assert ShardDataset(out / "shards.list").num_utts == 13
+    # the shard folder (or its list) loads like a data folder, in the source folder's order
+    src = DataDir.load(data)
+    for given in (out, out / "shards.list"):
+        shard_dir = DataDir.load(given)
+        assert shard_dir.utts == src.utts and shard_dir.utt2spk == src.utt2spk
+        assert shard_dir.shards is not None and len(shard_dir.wav) == 13
+    # the index knows where each flac lies: the tar headers agree
+    index = load_shard_index(out / "shards.list")
+    for shard_no, path in enumerate(paths):
+        with tarfile.open(path) as tar:
+            flacs = {utt_of_key(m.name[:-5]): (m.offset_data, m.size) for m in tar if m.name.endswith(".flac")}
+        for i in np.flatnonzero(index.shard == shard_no):
+            assert flacs[index.utts[i]] == (index.offset[i], index.size[i])
+    got, store = read_all(out)
+    assert sorted(got) == sorted(waves)
+    for utt, wave in got.items():
+        assert wave.dtype == np.float32 and wave.shape == waves[utt].shape
+        assert np.max(np.abs(wave - waves[utt])) <= 1 / 32768 + 1e-6
+        i = store.utts.index(utt)
+        assert store.num_samples(i) == len(waves[utt])
+        part = store.read(i, 100, 300)  # a crop decodes only that part
+        np.testing.assert_array_equal(part, wave[100:400])
+    assert store.name(0) == f"{paths[index.shard[0]]}:{store.utts[0]}"
+    # the store opened for training: the default store, too-short utterances listed
+    trained = open_store(DataDir.load(out), DataConfig(min_seconds=0.07), progress=False)
+    assert isinstance(trained, ShardStore) and trained.skipped.count == 5  # 800..1100 samples
+    assert all("too short" in r for _, r in trained.skipped.items)
+    memory = open_store(DataDir.load(out), DataConfig(store="memory", min_seconds=0.0), progress=False)
+    for i, utt in enumerate(memory.utts):
+        np.testing.assert_array_equal(memory.read(i, 0, memory.num_samples(i)), got[utt])
 
 
-def test_shard_order_per_epoch_and_buffer(corpus, tmp_path):
+def test_index_is_rebuilt_from_tar_headers_when_missing_or_stale(corpus, tmp_path):
     data, waves = corpus
-    write_shards(data, tmp_path / "s", shard_mb=0.012, progress=False)
-    lst = tmp_path / "s" / "shards.list"
-    a, b = ShardDataset(lst, seed=5), ShardDataset(lst, seed=5)
-    assert a.shards_for() == b.shards_for()
-    orders = set()
-    for epoch in range(6):
-        a.set_epoch(epoch)
-        orders.add(tuple(a.shards_for()))
-    assert len(orders) > 1
-    assert ShardDataset(lst, shuffle=False).shards_for() == read_shard_list(lst)
-    plain = [x["utt"] for x in ShardDataset(lst, shuffle=False)]
-    mixed = [x["utt"] for x in ShardDataset(lst, shuffle_buffer=5, seed=1)]
-    assert sorted(plain) == sorted(mixed) == sorted(waves) and plain != mixed
-    # disjoint and complete split of shards over 3 ranks x 2 workers
-    parts = [ShardDataset(lst, rank=r, world_size=3, epoch=2).shards_for(w, 2)
-             for r in range(3) for w in range(2)]
-    flat = [p for part in parts for p in part]
-    assert sorted(flat) == sorted(read_shard_list(lst))
+    out = tmp_path / "s"
+    write_shards(data, out, shard_mb=0.012, progress=False)
+    written = load_shard_index(out / "shards.list")
+    (out / INDEX_NAME).unlink()
+    scanned = load_shard_index(out / "shards.list")
+    assert (out / INDEX_NAME).is_file()  # cached for the next start
+    rows = lambda ix: sorted(zip(ix.utts, ix.spks, ix.shard.tolist(), ix.offset.tolist(),
+                                 ix.size.tolist(), ix.samples.tolist()))
+    assert rows(scanned) == rows(written) and not scanned.skipped
+    assert load_shard_index(out / "shards.list").utts == scanned.utts  # read back as written
+    # a shard that changed size makes the index stale: indexed again
+    first = read_shard_list(out / "shards.list")[0]
+    with tarfile.open(first) as tar:
+        dropped = next(m for m in tar.getnames() if m.endswith(".json"))
+    rewrite_tar(first, lambda n, d: None if n == dropped else (n, d))
+    again = load_shard_index(out / "shards.list")
+    assert len(again) == 12 and "incomplete utterance" in again.skipped[0][1]
+    (out / INDEX_NAME).write_text("#cdino-shard-index\t1\n" + "".join(
+        f"#shard\t{p.name}\t{p.stat().st_size}\n" for p in read_shard_list(out / "shards.list"))
+        + "u1\t0\t512\n")
+    with pytest.raises(DataError, match=r"shards\.index:\d+: expected 'utt shard offset size samples spk'"):
+        DataDir.load(out)
 
 
 def rewrite_tar(path, change):
@@ -125,13 +143,28 @@ def test_corrupt_and_missing_members_are_skipped_and_counted(corpus, tmp_path):
                 else (n, b"{broken") if n == keys1[1] + ".json" else (n, d))
     bad = {utt_of_key(keys0[0]), utt_of_key(keys1[0]), utt_of_key(keys1[1])}
 
-    ds = ShardDataset(tmp_path / "s" / "shards.list", shuffle=False)
-    got = [x["utt"] for x in ds]
+    got, store = read_all(tmp_path / "s")
     assert sorted(got) == sorted(set(waves) - bad)
-    assert ds.skipped.count == 3
-    reasons = " ".join(r for _, r in ds.skipped.items)
+    assert store.skipped.count == 3
+    reasons = " ".join(r for _, r in store.skipped.items)
     assert "not a readable audio file" in reasons and "bad metadata" in reasons
     assert "incomplete utterance (needs .json and .flac, has json)" in reasons
+
+
+def test_member_damaged_after_indexing_fails_its_read_only(corpus, tmp_path):
+    data, waves = corpus
+    paths = write_shards(data, tmp_path / "s", shard_mb=1, progress=False, shuffle=False)
+    store = ShardStore(tmp_path / "s", min_seconds=0.0)
+    with tarfile.open(paths[0]) as tar:
+        victim = next(m for m in tar if m.name.endswith(".flac"))
+    raw = bytearray(paths[0].read_bytes())
+    raw[victim.offset_data:victim.offset_data + victim.size] = b"\x00" * victim.size  # same size
+    paths[0].write_bytes(bytes(raw))
+    i = store.utts.index(utt_of_key(victim.name[:-5]))
+    with pytest.raises(AudioError, match=rf"{paths[0]}:.*not a readable audio file"):
+        store.read(i, 0, 100)
+    j = (i + 1) % len(store)
+    assert len(store.read(j, 0, 100)) == 100
 
 
 def test_truncated_shard_keeps_what_was_read(corpus, tmp_path):
@@ -143,12 +176,11 @@ def test_truncated_shard_keeps_what_was_read(corpus, tmp_path):
     assert last.name.endswith(".flac") and len(members) >= 4
     raw = paths[0].read_bytes()
     paths[0].write_bytes(raw[: last.offset_data + last.size // 2])  # cut inside the last flac
-    ds = ShardDataset(tmp_path / "s" / "shards.list", shuffle=False)
-    got = [x["utt"] for x in ds]
+    got, store = read_all(tmp_path / "s")
     lost = utt_of_key(last.name[: -len(".flac")])
     assert sorted(got) == sorted(set(waves) - {lost})
-    assert ds.skipped.count == 1  # the damaged tar (with the utterance cut in it)
-    assert "unreadable tar" in ds.skipped.summary()
+    assert store.skipped.count == 1  # the utterance cut off with the end of the tar
+    assert "truncated" in store.skipped.summary()
 
 
 def test_bad_source_audio_skipped_when_writing(corpus, tmp_path):
@@ -157,20 +189,22 @@ def test_bad_source_audio_skipped_when_writing(corpus, tmp_path):
     write_shards(data, tmp_path / "s", shard_mb=1, progress=False)
     skipped = (tmp_path / "s" / "skipped.tsv").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].split("\t")[0].endswith("3.flac")
-    got = {x["utt"] for x in ShardDataset(tmp_path / "s" / "shards.list")}
-    assert got == set(waves) - {"spk0/video/00003"}
+    assert set(DataDir.load(tmp_path / "s").utts) == set(waves) - {"spk0/video/00003"}
 
 
 def test_shard_list_errors(tmp_path):
     (tmp_path / "shards.list").write_text("shard-000000.tar\n")
     with pytest.raises(DataError, match=r"shards\.list:1: shard 'shard-000000\.tar' not found"):
-        ShardDataset(tmp_path / "shards.list")
+        DataDir.load(tmp_path)
     (tmp_path / "shard-000000.tar").write_bytes(b"")
     (tmp_path / "shards.list").write_text("shard-000000.tar\n\nshard-000000.tar\n")
     with pytest.raises(DataError, match=r"shards\.list:3: shard .* listed twice"):
-        ShardDataset(tmp_path / "shards.list")
+        DataDir.load(tmp_path / "shards.list")
     (tmp_path / "shards.list").write_text("\n")
     with pytest.raises(DataError, match="no shards listed"):
-        ShardDataset(tmp_path / "shards.list")
-    with pytest.raises(ValueError, match="rank"):
-        ShardDataset(tmp_path / "x", rank=2, world_size=2)
+        DataDir.load(tmp_path)
+    (tmp_path / "shards.list").write_text("shard-000000.tar\n")
+    with pytest.raises(DataError, match="no readable utterance in the shards"):
+        build_shard_index(tmp_path / "shards.list")
+    with pytest.raises(DataError, match="not a shard folder"):
+        ShardStore(DataDir(root=tmp_path, utts=["u"], wav={"u": "x.wav"}))

@@ -213,7 +213,8 @@ def test_two_process_torchrun_follows_single_process_loss(tiny_data, tmp_path):
         "t.fit()\n"
         "if t.dist.is_main:\n"
         "    json.dump(t.window_log, open(sys.argv[2] + '/losses.json', 'w'))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's agent leaves a torchelastic_* log folder in the temp folder
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     single = subprocess.run([sys.executable, str(script), str(tiny_data), str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=240)
     assert single.returncode == 0, single.stderr[-2000:]

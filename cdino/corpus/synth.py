@@ -14,7 +14,7 @@ Layout (a contract other modules rely on)::
     DIR/corpus.json                      config + summary (written last)
     DIR/train/  DIR/test/                data folders, disjoint speakers:
         wav.scp                          utt wav/spk0001/sess2_utt03.wav (relative)
-        utt2spk  spk2utt
+        utt2spk  spk2utt  utt2dur        (utt2dur: exact lengths, so training reads no header)
         visual.npy  visual_utts.txt      (n, visual_dim) float32 rows and their utts
         wav/spk0001/sess2_utt03.wav      16 kHz 16-bit PCM
     DIR/test/trials                      enroll test target|nontarget
@@ -41,6 +41,7 @@ from scipy import signal
 
 from cdino.config import from_dict, to_dict
 from cdino.corpus import espeak
+from cdino.data.kaldi_dir import format_seconds
 from cdino.errors import ConfigError
 
 SAMPLE_RATE = 16000
@@ -722,6 +723,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         d = out / split
         _write_text(d / "wav.scp", [f"{r[0]} {r[1]}" for r, _ in utts])
         _write_text(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
+        _write_text(d / "utt2dur", [f"{r[0]} {format_seconds(r[4])}" for r, _ in utts])
         _write_text(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
                                     for spk in spks])
         ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], r[3]) for r, spk in utts])

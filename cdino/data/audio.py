@@ -14,6 +14,8 @@ import io
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,17 +157,20 @@ def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE, *, offset: int = 
 
 
 def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE, *, name: str = "<bytes>",
-                 min_samples: int = 1) -> np.ndarray:
-    """Decode an in-memory audio file (e.g. a flac member of a shard) like :func:`load_audio`."""
+                 offset: int = 0, frames: int = -1, min_samples: int = 1) -> np.ndarray:
+    """Decode an in-memory audio file (e.g. a flac member of a shard) like :func:`load_audio`
+    (``offset``/``frames`` as there)."""
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            arr, _ = _read(f, name, sample_rate, 0, -1)
+            arr, sliced = _read(f, name, sample_rate, offset, frames)
             file_rate, subtype = f.samplerate, f.subtype
     except (sf.SoundFileError, RuntimeError) as exc:
         raise _decode_error(name, exc) from None
-    return _finish(arr, file_rate, subtype, name, sample_rate, 0, -1, True, min_samples)
+    return _finish(arr, file_rate, subtype, name, sample_rate, offset, frames, sliced, min_samples)
 
 
 def audio_info(path: PathLike) -> AudioInfo:
@@ -178,6 +183,30 @@ def audio_info(path: PathLike) -> AudioInfo:
         raise _decode_error(name, exc) from None
     rate = int(info.samplerate)
     return AudioInfo(int(info.frames), rate, int(info.channels), info.frames / rate)
+
+
+def probe_lengths(paths: Sequence[str], sample_rate: int = SAMPLE_RATE, *,
+                  threads: int | None = None, progress: bool = False,
+                  desc: str = "reading audio headers") -> list[int | AudioError]:
+    """Length in samples at ``sample_rate`` of each file, from its header (no decoding),
+    read by a thread pool; an unreadable file gives its ``AudioError`` instead."""
+
+    def one(path: str) -> int | AudioError:
+        try:
+            info = audio_info(path)
+        except AudioError as exc:
+            return exc
+        return int(round(info.frames * sample_rate / info.sample_rate))
+
+    if threads is None:
+        threads = min(32, 4 * (os.cpu_count() or 1))
+    if len(paths) < 64 or threads <= 1:
+        return [one(p) for p in paths]
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(tqdm(pool.map(one, paths, chunksize=256), total=len(paths), desc=desc,
+                         unit=" files", disable=not progress, leave=False))
 
 
 def _as_pcm_ready(wave: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ file and line.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ _TARGET_WORDS = {"target": 1, "nontarget": 0}
 _OFFICIAL_LABELS = {"1": 1, "0": 0}
 
 PathLike = str | os.PathLike
+
+#: The list of tar shards that marks a shard folder (``cdino prepare shards``).
+SHARD_LIST = "shards.list"
 
 
 def utt_id_from_path(rel: str) -> str:
@@ -99,14 +103,20 @@ def read_scp(path: PathLike, *, what: str = "wav.scp") -> dict[str, str]:
     return mapping
 
 
-def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+def _atomic_write_lines(path: Path, lines: Iterable[str], *, unique_tmp: bool = False) -> None:
+    """Write lines to ``path`` through a temporary file (one per process with
+    ``unique_tmp``, for files that several processes may write at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line)
-            f.write("\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}" if unique_tmp else path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+                f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_token(path: Path, token: str, what: str) -> str:
@@ -144,12 +154,25 @@ class DataDir:
     utts: list[str]
     wav: dict[str, str]
     utt2spk: dict[str, str] | None = None
-    utt2dur: dict[str, float] | None = None
+    utt2dur: dict[str, float] | None = None  # seconds; may cover only some utterances
+    shards: object | None = field(default=None, repr=False, compare=False)  # ShardIndex of a shard folder
 
     @classmethod
     def load(cls, path: PathLike) -> DataDir:
-        """Read and cross-check ``wav.scp``, ``utt2spk``, ``spk2utt`` and ``utt2dur``."""
+        """Read and cross-check ``wav.scp``, ``utt2spk``, ``spk2utt`` and ``utt2dur``.
+
+        A folder of tar shards (``shards.list``, written by ``cdino prepare shards``), or
+        that list itself, loads too: utterances and speakers come from its index
+        (:func:`cdino.data.shards.load_shard_dir`) and ``shards`` holds that index.
+        """
         given = Path(path)
+        if given.name == SHARD_LIST and given.is_file():
+            given = given.parent
+        if (given.is_dir() and (given / SHARD_LIST).is_file()
+                and not (given / "wav.scp").exists()):
+            from cdino.data.shards import load_shard_dir
+
+            return load_shard_dir(given)
         if not given.is_dir():
             what = "is not a folder" if given.exists() else "data folder not found"
             raise DataError(f"{given}: {what}")
@@ -163,11 +186,13 @@ class DataDir:
             raise DataError(f"{scp}: empty (no utterances)")
         raw, _ = _to_dict(rows, scp, "utterance id")
         wav: dict[str, str] = {}
-        for lineno, utt, value in rows:
-            if value.endswith("|"):
+        root_s, isabs, join, norm = str(root), os.path.isabs, os.path.join, os.path.normpath
+        for lineno, utt, value in rows:  # string operations only: a million lines load in seconds
+            if value[-1] == "|":
                 raise DataError(f"{scp}:{lineno}: piped commands are not supported; "
                                 "give an audio file path")
-            wav[utt] = value if os.path.isabs(value) else os.path.normpath(root / value)
+            wav[utt] = value if isabs(value) else norm(join(root_s, value))
+        del rows
         utts = list(raw)
         utt2spk = _load_utt2spk(given, wav)
         utt2spk = _check_spk2utt(given, utts, utt2spk)
@@ -176,6 +201,10 @@ class DataDir:
 
     def __len__(self) -> int:
         return len(self.utts)
+
+    def durations(self) -> dict[str, float] | None:
+        """Known utterance durations in seconds (``utt2dur``; possibly for some only)."""
+        return self.utt2dur
 
     @property
     def spk2utt(self) -> dict[str, list[str]] | None:
@@ -204,10 +233,12 @@ class DataDir:
         missing = next((u for u in utts if u not in self.wav), None)
         if missing is not None:
             raise DataError(f"{self.root}: utterance '{missing}' is not in this data folder")
+        durs = self.utt2dur
         return DataDir(
             root=self.root, utts=utts, wav={u: self.wav[u] for u in utts},
             utt2spk=None if self.utt2spk is None else {u: self.utt2spk[u] for u in utts},
-            utt2dur=None if self.utt2dur is None else {u: self.utt2dur[u] for u in utts})
+            utt2dur=None if durs is None else {u: durs[u] for u in utts if u in durs},
+            shards=self.shards)
 
 
 def _load_utt2spk(root: Path, wav: dict[str, str]) -> dict[str, str] | None:
@@ -255,39 +286,72 @@ def _check_spk2utt(root: Path, utts: list[str], utt2spk: dict[str, str] | None
     return utt2spk if utt2spk is not None else {u: derived[u] for u in utts}
 
 
+def read_utt2dur(path: PathLike, known: Mapping[str, object] | set[str]) -> dict[str, float]:
+    """``utt seconds`` lines; an utterance not in ``known``, a duplicate or a value that is
+    not a non-negative number → ``DataError`` naming file and line. Utterances of ``known``
+    may be missing (their length is then read from the audio file)."""
+    path = Path(path)
+    durs: dict[str, float] = {}
+    isfinite = math.isfinite
+    for lineno, line in enumerate(read_text_lines(path, "utt2dur"), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        utt = parts[0]
+        if len(parts) != 2:
+            what = "no value" if len(parts) == 1 else f"{len(parts)} fields"
+            raise DataError(f"{path}:{lineno}: expected 'utt seconds', got {what}")
+        if utt not in known:
+            raise DataError(f"{path}:{lineno}: utterance '{utt}' is not in wav.scp")
+        if utt in durs:
+            first = next(i for i, l in enumerate(read_text_lines(path, "utt2dur"), 1)
+                         if l.split()[:1] == [utt])
+            raise DataError(f"{path}:{lineno}: duplicate utterance id '{utt}' (first on line {first})")
+        try:
+            dur = float(parts[1])
+        except ValueError:
+            dur = -1.0
+        if not (isfinite(dur) and dur >= 0):
+            raise DataError(f"{path}:{lineno}: duration '{parts[1]}' is not a number of seconds")
+        durs[utt] = dur
+    return durs
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration as written to ``utt2dur``: microseconds, trailing zeros dropped (exact for
+    any whole number of samples at 16 kHz: ``round(seconds * 16000)`` gives them back)."""
+    text = f"{float(seconds):.6f}".rstrip("0")
+    return text[:-1] if text.endswith(".") else text
+
+
+def write_utt2dur(path: PathLike, durations: Mapping[str, float]) -> None:
+    """Write ``utt seconds`` lines (in the mapping's order), atomically."""
+    path = Path(path)
+    _atomic_write_lines(path, (f"{_check_token(path, u, 'utterance id')} {format_seconds(d)}"
+                               for u, d in durations.items()), unique_tmp=True)
+
+
 def _load_utt2dur(root: Path, wav: dict[str, str]) -> dict[str, float] | None:
     path = root / "utt2dur"
     if not path.exists():
         return None
-    rows = _read_pairs(path, "utt2dur")
-    _to_dict(rows, path, "utterance id")
-    durs: dict[str, float] = {}
-    for lineno, utt, value in rows:
-        if utt not in wav:
-            raise DataError(f"{path}:{lineno}: utterance '{utt}' is not in wav.scp")
-        try:
-            dur = float(value)
-        except ValueError:
-            dur = float("nan")
-        if not np.isfinite(dur) or dur < 0:
-            raise DataError(f"{path}:{lineno}: duration '{value}' is not a number of seconds")
-        durs[utt] = dur
-    missing = next((u for u in wav if u not in durs), None)
-    if missing is not None:
-        raise DataError(f"{path}: no duration for utterance '{missing}' of wav.scp")
-    return {u: durs[u] for u in wav}
+    durs = read_utt2dur(path, wav)
+    if len(durs) == len(wav):
+        return {u: durs[u] for u in wav}
+    return {u: durs[u] for u in wav if u in durs}
 
 
 def write_data_dir(path: PathLike, wav: Mapping[str, object],
                    utt2spk: Mapping[str, str] | None = None, *,
                    utt2dur: Mapping[str, float] | None = None) -> Path:
-    """Write a data folder: ``wav.scp`` and, with speakers, ``utt2spk`` + ``spk2utt``."""
+    """Write a data folder: ``wav.scp``; with speakers ``utt2spk`` + ``spk2utt``; with
+    durations (seconds; unreadable files may be left out) ``utt2dur``."""
     path = Path(path)
     if not wav:
         raise DataError(f"{path}: refusing to write a data folder without utterances")
     for name, other in (("utt2spk", utt2spk), ("utt2dur", utt2dur)):
-        if other is not None:
-            missing = next((u for u in wav if u not in other), None)
+        if other is not None:  # durations may be missing (unreadable files), speakers not
+            missing = next((u for u in wav if u not in other), None) if name == "utt2spk" else None
             extra = next((u for u in other if u not in wav), None)
             if missing is not None or extra is not None:
                 bad = missing if missing is not None else extra
@@ -304,7 +368,7 @@ def write_data_dir(path: PathLike, wav: Mapping[str, object],
         spk2utt = _spk2utt_of(wav, ordered)
         write_scp(path / "spk2utt", {s: " ".join(us) for s, us in spk2utt.items()})
     if utt2dur is not None:
-        write_scp(path / "utt2dur", {u: f"{float(utt2dur[u]):.3f}" for u in wav})
+        write_utt2dur(path / "utt2dur", {u: utt2dur[u] for u in wav if u in utt2dur})
     return path
 
 

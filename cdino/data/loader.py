@@ -2,21 +2,28 @@
 
 The input pipeline is a chain of small steps, each swappable:
 
-    store (random access to decoded waveforms)
+    store (random access to decoded waveforms: in memory, audio files, or tar shards)
       → dataset (which utterances and which crops: multi-crop for DINO, one segment
         with a label for AAM training; the cluster-aware variant only swaps the
         *positive sampler* that says which utterance each crop comes from)
-      → GlobalBatchSampler (the global batch of a step, split over ranks and
-        gradient-accumulation micro-batches; resumable at any step)
+      → GlobalBatchSampler (the global batch of every step from a start step to the end
+        of the run, split over ranks and gradient-accumulation micro-batches)
+      → BatchFeed (one DataLoader for the whole run: its workers live across epochs)
       → the trainer moves raw crops to the device, where augmentation and fbank run.
 
-Crop positions are drawn from an RNG seeded by ``(seed, epoch, index)``, so a run
-resumed at any step (or with another number of workers) sees the same crops.
+Crop positions are drawn from an RNG seeded by ``(seed, epoch, index)`` and the sampler
+hands every index to the workers together with its epoch, so a run resumed at any step
+(or with another number of workers) sees the same crops. A file that cannot be read
+inside a worker is replaced by another utterance drawn from the same keyed RNG, and
+named in the batch (``batch["bad"]``) for the trainer to log.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import pickle
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -24,24 +31,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cdino.data.audio import SAMPLE_RATE, SkippedFiles, audio_info, load_audio
-from cdino.data.kaldi_dir import DataDir
+from cdino.data.audio import SAMPLE_RATE, SkippedFiles, load_audio, probe_lengths
+from cdino.data.kaldi_dir import DataDir, write_utt2dur
 from cdino.errors import AudioError, DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class DataConfig:
     """How training audio is held and cut."""
 
-    store: Literal["memory", "files"] = "memory"  # memory: decode everything once (small corpora); files: read crops from disk
+    store: Literal["memory", "files"] = "files"  # files: crops read from the audio files (or tar shards) on demand, lengths from utt2dur; memory: decode everything once (small corpora)
     min_seconds: float = 0.5  # utterances shorter than this are skipped (counted) when loading
-    num_workers: int = 0  # DataLoader worker processes per rank
+    num_workers: int = 0  # DataLoader worker processes per rank (they live for the whole run)
 
 
 class WaveStore:
-    """Random access to the training utterances' waveforms."""
+    """Random access to the training utterances' waveforms.
+
+    ``read`` raises :class:`AudioError` (its message starting with ``name(i)``) when the
+    audio cannot be read; the datasets replace such an utterance by another one.
+    """
 
     utts: list[str]
+    skipped: SkippedFiles
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -51,6 +65,36 @@ class WaveStore:
 
     def read(self, i: int, offset: int, n: int) -> np.ndarray:
         raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        """Where utterance ``i`` comes from (a path), for messages and skip lists."""
+        return self.utts[i]
+
+
+class PackedStrings(Sequence):
+    """A read-only list of strings kept in one bytes buffer.
+
+    A million Python strings touched by data-loader workers are copied into every worker
+    (reference counts write to their pages); one buffer and an offset array are not.
+    """
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        self._blob = "\n".join(strings).encode("utf-8")
+        cuts = np.flatnonzero(np.frombuffer(self._blob, dtype=np.uint8) == 10)
+        self._starts = np.concatenate([[0], cuts + 1]).astype(np.int64)
+        self._ends = np.concatenate([cuts, [len(self._blob)]]).astype(np.int64)
+        if not len(strings):
+            self._starts = self._ends = np.zeros(0, dtype=np.int64)
+        elif len(self._starts) != len(strings):
+            raise ValueError("strings must not contain newlines")
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._blob[self._starts[i]:self._ends[i]].decode("utf-8")
 
 
 class MemoryStore(WaveStore):
@@ -62,16 +106,23 @@ class MemoryStore(WaveStore):
 
         self.skipped = skipped if skipped is not None else SkippedFiles()
         min_samples = max(1, int(min_seconds * SAMPLE_RATE))
+        if data.shards is not None:  # decode a shard folder through its store
+            source = _shard_store(data, min_seconds, progress=False, skipped=self.skipped)
+            items = [(source.utts[i], source.name(i), lambda i=i: source.read(i, 0, source.num_samples(i)))
+                     for i in range(len(source))]
+        else:
+            items = [(u, data.wav[u], lambda p=data.wav[u]: load_audio(p, min_samples=min_samples))
+                     for u in data.utts]
         chunks, lengths, utts = [], [], []
-        for utt in tqdm(data.utts, desc=f"loading {data.root.name}", disable=not progress,
-                        unit="utt", leave=False):
-            path = data.wav[utt]
+        for utt, path, read in tqdm(items, desc=f"loading {data.root.name}", disable=not progress,
+                                    unit="utt", leave=False):
             try:
-                wave = load_audio(path, min_samples=min_samples)
+                wave = read()
             except AudioError as exc:
-                self.skipped.add(path, str(exc))
+                self.skipped.add(path, str(exc).removeprefix(f"{path}: "))
                 continue
-            chunks.append(np.clip(np.round(wave * 32767.0), -32768, 32767).astype(np.int16))
+            # x / 32768 is what 16-bit audio reads as: this is lossless for 16-bit files
+            chunks.append(np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16))
             lengths.append(len(wave))
             utts.append(utt)
         if not utts:
@@ -90,49 +141,148 @@ class MemoryStore(WaveStore):
         return self.samples[start:stop].astype(np.float32) / 32768.0
 
 
+def _shared_by_rank0(compute: Callable[[], object]) -> object:
+    """``compute()`` on rank 0 only, its result sent to every rank (torch.distributed, when
+    a process group is up; otherwise just ``compute()``). Every rank must call this."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return compute()
+    box = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def utterance_lengths(data: DataDir, *, progress: bool = False, cache: bool = True
+                      ) -> tuple[np.ndarray, dict[int, str]]:
+    """Length in samples of every utterance of ``data`` (in order) and the reasons of those
+    that cannot be read (by position; their length is 0).
+
+    Lengths come from the folder's ``utt2dur``. Utterances it lacks are measured from
+    their file headers, once, in parallel, on rank 0 (the others receive the result),
+    and with ``cache`` the completed ``utt2dur`` is written back into the folder,
+    atomically; a folder that cannot be written keeps the lengths in memory (warning).
+    """
+    utts = data.utts
+    durs = data.utt2dur or {}
+    if len(durs) == len(utts):
+        secs = np.fromiter((durs[u] for u in utts), dtype=np.float64, count=len(utts))
+        missing: list[int] = []
+    else:
+        secs = np.fromiter((durs.get(u, -1.0) for u in utts), dtype=np.float64, count=len(utts))
+        missing = np.flatnonzero(secs < 0).tolist()
+    lengths = np.rint(secs * SAMPLE_RATE).astype(np.int64)
+
+    def measure() -> dict[str, int | str]:
+        if not missing:
+            return {}
+        found = probe_lengths([data.wav[utts[i]] for i in missing], progress=progress,
+                              desc=f"reading audio headers of {data.root.name}")
+        out = {utts[i]: (n if isinstance(n, int) else str(n)) for i, n in zip(missing, found)}
+        if cache and any(isinstance(n, int) for n in out.values()):  # something new to keep
+            _cache_utt2dur(data, durs, out)
+        return out
+
+    measured = _shared_by_rank0(measure)
+    bad: dict[int, str] = {}
+    if missing:
+        got = dict(measured)
+        local = [i for i in missing if utts[i] not in got]  # not seen by rank 0 (unlikely)
+        if local:
+            got.update({utts[i]: (n if isinstance(n, int) else str(n)) for i, n in
+                        zip(local, probe_lengths([data.wav[utts[i]] for i in local]))})
+        merged = dict(durs)
+        for i in missing:
+            n = got[utts[i]]
+            if isinstance(n, str):
+                path = data.wav[utts[i]]
+                bad[i] = n.removeprefix(f"{path}: ")
+                lengths[i] = 0
+            else:
+                lengths[i] = n
+                merged[utts[i]] = n / SAMPLE_RATE
+        data.utt2dur = {u: merged[u] for u in utts if u in merged}
+    return lengths, bad
+
+
+def _cache_utt2dur(data: DataDir, known: dict[str, float], measured: dict[str, int | str]) -> None:
+    """Write the folder's utt2dur with the measured lengths added (readable files only)."""
+    durs = {}
+    for u in data.utts:
+        if u in known:
+            durs[u] = known[u]
+        elif isinstance(measured.get(u), int):
+            durs[u] = measured[u] / SAMPLE_RATE
+    path = data.root / "utt2dur"
+    try:
+        write_utt2dur(path, durs)
+    except OSError as exc:
+        log.warning("%s: cannot write the utterance lengths (%s); they are kept in memory "
+                    "and measured again next time", path, exc.strerror or exc)
+
+
+#: Samples a file may fall short of its utt2dur length (rounded durations) before it is bad.
+LENGTH_TOLERANCE = 160
+
+
 class FileStore(WaveStore):
-    """Crops read from disk on demand (large corpora); unreadable files are skipped."""
+    """Crops read from the audio files on demand (large corpora).
+
+    Utterance lengths come from ``utt2dur`` (see :func:`utterance_lengths`: measured once
+    and cached when missing), so start-up reads no audio header. Unreadable (as far as
+    known at start) and too short files are skipped and listed in ``skipped``; a file
+    that fails later raises ``AudioError`` from :meth:`read`.
+    """
 
     def __init__(self, data: DataDir, min_seconds: float = 0.5, progress: bool = True,
-                 skipped: SkippedFiles | None = None) -> None:
-        from tqdm import tqdm
-
+                 skipped: SkippedFiles | None = None, *, cache: bool = True) -> None:
         self.skipped = skipped if skipped is not None else SkippedFiles()
         min_samples = int(min_seconds * SAMPLE_RATE)
-        self.paths, self.utts, lengths = [], [], []
-        for utt in tqdm(data.utts, desc=f"indexing {data.root.name}", disable=not progress,
-                        unit="utt", leave=False):
-            path = data.wav[utt]
-            try:
-                info = audio_info(path)
-            except AudioError as exc:
-                self.skipped.add(path, str(exc))
-                continue
-            n = int(round(info.frames * SAMPLE_RATE / info.sample_rate))
-            if n < min_samples:
-                self.skipped.add(path, f"too short: {n} samples")
-                continue
-            self.paths.append(path)
-            self.utts.append(utt)
-            lengths.append(n)
-        if not self.utts:
+        lengths, bad = utterance_lengths(data, progress=progress, cache=cache)
+        keep = lengths >= max(1, min_samples)
+        for i in np.flatnonzero(~keep).tolist():
+            path = data.wav[data.utts[i]]
+            self.skipped.add(path, bad[i] if i in bad else f"too short: {int(lengths[i])} samples")
+        if not keep.any():
             raise DataError(f"{data.root}: no usable audio ({self.skipped.summary()})")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if keep.all():
+            self.utts = list(data.utts)
+        else:
+            self.utts = [u for u, k in zip(data.utts, keep.tolist()) if k]
+        self.paths = PackedStrings([data.wav[u] for u in self.utts])
+        self.lengths = lengths[keep]
 
     def num_samples(self, i: int) -> int:
         return int(self.lengths[i])
 
+    def name(self, i: int) -> str:
+        return self.paths[i]
+
     def read(self, i: int, offset: int, n: int) -> np.ndarray:
-        try:
-            return load_audio(self.paths[i], offset=offset, frames=n)
-        except AudioError as exc:
-            self.skipped.add(self.paths[i], str(exc))
-            return np.zeros(n, dtype=np.float32)
+        path = self.paths[i]
+        wave = load_audio(path, offset=offset, frames=n)
+        expected = min(n, int(self.lengths[i]) - offset)
+        if len(wave) < expected - LENGTH_TOLERANCE:
+            raise AudioError(f"{path}: shorter than its length in utt2dur ({offset + len(wave)} "
+                             f"< {int(self.lengths[i])} samples); was it changed? delete utt2dur "
+                             "to measure the files again")
+        return wave
+
+
+def _shard_store(data: DataDir, min_seconds: float, progress: bool, skipped: SkippedFiles | None):
+    from cdino.data.shards import ShardStore
+
+    return ShardStore(data, min_seconds=min_seconds, progress=progress, skipped=skipped)
 
 
 def open_store(data: DataDir, cfg: DataConfig, progress: bool = True) -> WaveStore:
-    cls = MemoryStore if cfg.store == "memory" else FileStore
-    return cls(data, min_seconds=cfg.min_seconds, progress=progress)
+    """The training store of ``cfg.store``; a shard folder is read from its tar shards
+    (``files``) or decoded from them into memory (``memory``)."""
+    if cfg.store == "memory":
+        return MemoryStore(data, min_seconds=cfg.min_seconds, progress=progress)
+    if data.shards is not None:
+        return _shard_store(data, cfg.min_seconds, progress, None)
+    return FileStore(data, min_seconds=cfg.min_seconds, progress=progress)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -141,17 +291,62 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def random_crop(store: WaveStore, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``n``-sample crop of utterance ``i``; a shorter utterance is tiled."""
+    """A random ``n``-sample crop of utterance ``i``; a shorter utterance is tiled.
+
+    An unreadable file raises ``AudioError`` with ``.bad = (name, reason)`` attached.
+    """
     total = store.num_samples(i)
-    if total >= n:
-        offset = int(rng.integers(0, total - n + 1))
-        wave = store.read(i, offset, n)
-        if len(wave) == n:
-            return wave
-    else:
-        wave = store.read(i, 0, total)
+    try:
+        if total >= n:
+            offset = int(rng.integers(0, total - n + 1))
+            wave = store.read(i, offset, n)
+            if len(wave) == n:
+                return wave
+        else:
+            wave = store.read(i, 0, total)
+    except AudioError as exc:
+        name = store.name(i)
+        exc.bad = (name, str(exc).removeprefix(f"{name}: "))
+        raise
     reps = math.ceil(n / max(1, len(wave)))
     return np.tile(wave, reps)[:n] if len(wave) else np.zeros(n, dtype=np.float32)
+
+
+#: Unreadable utterances in a row after which a sample gives up (storage is gone, not a file).
+MAX_REPLACEMENTS = 16
+
+
+def replacement_index(seed: int, epoch: int, index: int, attempt: int, n: int) -> int:
+    """The utterance that stands in for unreadable ``index`` (never ``index`` itself),
+    a function of (seed, epoch, index, attempt) only."""
+    if n < 2:
+        return index
+    rng = np.random.default_rng([seed, epoch, index, 1_000_003 + attempt])
+    return (index + 1 + int(rng.integers(n - 1))) % n
+
+
+def _with_replacement(dataset, index: int, epoch: int, make: Callable[[int, int], dict]) -> dict:
+    """``make(index, epoch)``; when a file cannot be read, the same for a replacement
+    utterance (deterministic), with the files that failed listed in ``item["bad"]``."""
+    bad: list[tuple[str, str]] = []
+    current = index
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        try:
+            item = make(current, epoch)
+        except AudioError as exc:
+            bad.append(getattr(exc, "bad", None) or (str(exc), "unreadable"))
+            current = replacement_index(dataset.seed, epoch, index, attempt, len(dataset))
+            continue
+        item["bad"] = bad
+        return item
+    raise DataError(f"{MAX_REPLACEMENTS + 1} training utterances in a row could not be read "
+                    f"(last: {bad[-1][0]}: {bad[-1][1]}); is the data storage reachable?")
+
+
+def _index_epoch(item, default_epoch: int) -> tuple[int, int]:
+    if isinstance(item, (tuple, list)):
+        return int(item[0]), int(item[1])
+    return int(item), default_epoch
 
 
 # A positive sampler says, for an anchor utterance and a crop slot, which utterance the
@@ -164,7 +359,10 @@ def same_utterance(anchor: int, slot: int, rng: np.random.Generator) -> int:
 
 
 class MultiCropDataset(Dataset):
-    """DINO's multi-crop view: ``n_global`` long and ``n_local`` short crops per anchor."""
+    """DINO's multi-crop view: ``n_global`` long and ``n_local`` short crops per anchor.
+
+    Items are keyed by ``index`` (epoch: ``self.epoch``) or ``(index, epoch)``.
+    """
 
     def __init__(self, store: WaveStore, n_global: int, global_samples: int, n_local: int,
                  local_samples: int, seed: int = 0) -> None:
@@ -178,8 +376,12 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, index: int) -> dict:
-        rng = sample_rng(self.seed, self.epoch, index)
+    def __getitem__(self, item) -> dict:
+        index, epoch = _index_epoch(item, self.epoch)
+        return _with_replacement(self, index, epoch, self._crops)
+
+    def _crops(self, index: int, epoch: int) -> dict:
+        rng = sample_rng(self.seed, epoch, index)
         g = [random_crop(self.store, self.positive(index, s, rng), self.global_samples, rng)
              for s in range(self.n_global)]
         l = [random_crop(self.store, self.positive(index, self.n_global + s, rng),
@@ -190,7 +392,11 @@ class MultiCropDataset(Dataset):
 
 
 class SegmentDataset(Dataset):
-    """One random segment per utterance with its (pseudo or true) class label."""
+    """One random segment per utterance with its (pseudo or true) class label.
+
+    Items are keyed by ``(index, n_samples)`` (epoch: ``self.epoch``) or
+    ``(index, epoch, n_samples)``.
+    """
 
     def __init__(self, store: WaveStore, labels: np.ndarray, min_samples: int, max_samples: int,
                  seed: int = 0) -> None:
@@ -204,29 +410,41 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def segment_samples(self, step: int) -> int:
-        """Segment length of a step: drawn per step so a batch stacks (2–3 s by default)."""
-        rng = np.random.default_rng([self.seed, self.epoch, step, 7])
+    def segment_samples(self, step: int, epoch: int | None = None) -> int:
+        """Segment length of a step of an epoch: drawn per step so a batch stacks (2–3 s by
+        default)."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, step, 7])
         return int(rng.integers(self.min_samples, self.max_samples + 1))
 
     def __getitem__(self, item) -> dict:
-        index, n = item
-        rng = sample_rng(self.seed, self.epoch, index)
-        wave = random_crop(self.store, index, n, rng)
-        return {"index": index, "wave": wave, "label": self.labels[index]}
+        if len(item) == 3:
+            index, epoch, n = int(item[0]), int(item[1]), int(item[2])
+        else:
+            (index, n), epoch = (int(item[0]), int(item[1])), self.epoch
+
+        def segment(i: int, e: int) -> dict:
+            wave = random_crop(self.store, i, n, sample_rng(self.seed, e, i))
+            return {"index": i, "wave": wave, "label": self.labels[i]}
+
+        return _with_replacement(self, index, epoch, segment)
 
 
 class GlobalBatchSampler(Sampler):
-    """Yields this rank's micro-batches of each global batch of an epoch, from a given step.
+    """Yields this rank's micro-batches of each global batch, from a start step onwards.
 
-    The epoch's permutation is drawn from ``(seed, epoch)``; global batch ``b`` is
+    Epoch ``e``'s permutation is drawn from ``(seed, e)``; its global batch ``b`` is
     ``perm[b*G:(b+1)*G]``; rank ``r`` of ``W`` takes its contiguous ``G/W`` share, cut into
     ``accum`` micro-batches. So the samples of a step do not depend on the number of ranks.
+    It starts at step ``start_step`` of ``epoch`` and runs to the global step ``end_step``
+    (default: the end of that epoch), across epoch boundaries. Each micro-batch is a
+    list of ``(index, epoch)`` keys, or ``(index, epoch, segment_samples)`` with
+    ``with_segment(step_in_epoch, epoch)``: workers need no per-epoch state.
     """
 
     def __init__(self, n: int, global_batch: int, rank: int, world_size: int, accum: int,
-                 seed: int, epoch: int, start_step: int = 0, steps: int | None = None,
-                 with_segment: Callable[[int], int] | None = None) -> None:
+                 seed: int, epoch: int = 0, start_step: int = 0, steps: int | None = None,
+                 with_segment: Callable[[int, int], int] | None = None, *,
+                 end_step: int | None = None) -> None:
         if global_batch % (world_size * accum):
             raise ValueError(f"global batch {global_batch} is not divisible by "
                              f"{world_size} ranks x {accum} accumulation steps")
@@ -236,6 +454,7 @@ class GlobalBatchSampler(Sampler):
         self.rank, self.world, self.accum = rank, world_size, accum
         self.seed, self.epoch, self.start_step = seed, epoch, start_step
         self.steps = steps if steps is not None else n // global_batch
+        self.end_step = end_step if end_step is not None else (epoch + 1) * self.steps
         self.with_segment = with_segment
 
     @property
@@ -243,27 +462,39 @@ class GlobalBatchSampler(Sampler):
         return self.global_batch // (self.world * self.accum)
 
     def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.accum
+        return max(0, self.end_step - (self.epoch * self.steps + self.start_step)) * self.accum
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, 12345])
+        reps = math.ceil(self.steps * self.global_batch / self.n)
+        return np.concatenate([rng.permutation(self.n) for _ in range(reps)])
 
     def __iter__(self) -> Iterator[list]:
-        rng = np.random.default_rng([self.seed, self.epoch, 12345])
-        reps = math.ceil(self.steps * self.global_batch / self.n)
-        perm = np.concatenate([rng.permutation(self.n) for _ in range(reps)])
         share = self.global_batch // self.world
-        for step in range(self.start_step, self.steps):
-            batch = perm[step * self.global_batch:(step + 1) * self.global_batch]
+        step = self.epoch * self.steps + self.start_step
+        epoch, perm = -1, None
+        while step < self.end_step:
+            if step // self.steps != epoch:
+                epoch = step // self.steps
+                perm = self._permutation(epoch)
+            s = step - epoch * self.steps
+            batch = perm[s * self.global_batch:(s + 1) * self.global_batch]
             mine = batch[self.rank * share:(self.rank + 1) * share]
-            seg = self.with_segment(step) if self.with_segment else None
+            seg = self.with_segment(s, epoch) if self.with_segment else None
             for m in range(self.accum):
                 idx = mine[m * self.micro_batch:(m + 1) * self.micro_batch].tolist()
-                yield [(i, seg) for i in idx] if seg is not None else idx
+                yield [(i, epoch, seg) for i in idx] if seg is not None else [(i, epoch) for i in idx]
+            step += 1
 
 
 def collate(items: Sequence[dict]) -> dict:
+    """Stack the items' arrays; ``bad`` (files replaced in them) becomes one flat list."""
     out = {}
     for key in items[0]:
         vals = [it[key] for it in items]
-        if isinstance(vals[0], np.ndarray):
+        if key == "bad":
+            out[key] = [entry for v in vals for entry in v]
+        elif isinstance(vals[0], np.ndarray):
             out[key] = torch.from_numpy(np.stack(vals))
         else:
             out[key] = torch.as_tensor(np.asarray(vals))
@@ -274,4 +505,85 @@ def make_loader(dataset: Dataset, sampler: GlobalBatchSampler, num_workers: int 
                 pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      prefetch_factor=2 if num_workers > 0 else None)
+
+
+def _worker_state_key(dataset: Dataset) -> bytes | None:
+    """A digest of what workers copy from the dataset besides its store and ``epoch`` (e.g.
+    the positive sampler, labels); ``None`` when it cannot be pickled."""
+    try:
+        state = {k: v for k, v in vars(dataset).items() if k not in ("store", "epoch")}
+        return hashlib.blake2b(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),
+                               digest_size=16).digest()
+    except Exception:  # unpicklable state: assume it changed
+        return None
+
+
+class BatchFeed:
+    """The trainer's micro-batches from one DataLoader for all the remaining steps.
+
+    ``sampler_from(step)`` makes the :class:`GlobalBatchSampler` from global step ``step``
+    to the end of the run; its workers then live across epochs. :meth:`seek` is called at
+    each epoch start (after ``on_epoch_start``): the loader is only made again when the
+    step is not the next one or the dataset changed since its workers copied it (e.g.
+    C-DINO's new clusters), so batches read ahead with stale state are never used.
+    ``next()`` returns a batch without its ``bad`` list; :meth:`take_bad` returns the
+    replaced files, once each, over all ranks.
+    """
+
+    def __init__(self, dataset: Dataset, sampler_from: Callable[[int], GlobalBatchSampler],
+                 accum: int, num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.dataset, self.sampler_from, self.accum = dataset, sampler_from, accum
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self._it: Iterator | None = None
+        self._key: bytes | None = None
+        self._step = self._micro = -1
+        self._bad: list[tuple[str, str]] = []
+        self._seen: set[str] = set()
+        self.replacements = 0  # bad reads replaced on this rank (a file may count often)
+        self.loaders_made = 0
+
+    def seek(self, step: int) -> None:
+        key = _worker_state_key(self.dataset)
+        if (self._it is None or step != self._step or self._micro != 0 or key is None
+                or key != self._key):
+            self.close()
+            self._it = iter(make_loader(self.dataset, self.sampler_from(step), self.num_workers,
+                                        self.pin_memory))
+            self.loaders_made += 1
+            self._step, self._micro = step, 0
+        self._key = key
+
+    def next(self) -> dict:
+        batch = next(self._it)
+        self._micro += 1
+        if self._micro == self.accum:
+            self._step, self._micro = self._step + 1, 0
+        bad = batch.pop("bad", None)
+        if bad:
+            self.replacements += len(bad)
+            self._bad.extend((str(p), str(r)) for p, r in bad)
+        return batch
+
+    def take_bad(self) -> list[tuple[str, str]]:
+        """Files replaced since the last call and not reported before, gathered from all
+        ranks (a collective under torch.distributed: every rank calls it together)."""
+        import torch.distributed as dist
+
+        mine, self._bad = self._bad, []
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, mine)
+            mine = [entry for part in parts for entry in part]
+        new = []
+        for path, reason in mine:
+            if path not in self._seen:
+                self._seen.add(path)
+                new.append((path, reason))
+        return new
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

@@ -2,7 +2,9 @@
 
 Each function scans a corpus as distributed (or converted, for VoxCeleb2's m4a), writes
 Kaldi-style data folders with absolute paths (see docs/data.md) and returns a summary.
-Nothing is decoded here; unreadable files are caught (and skipped) by the loaders.
+Nothing is decoded here: VoxCeleb folders get an ``utt2dur`` from the file headers (read
+in parallel) so training starts without reading them again; files whose header cannot
+be read are left out of ``utt2dur`` (counted) and skipped later by the loaders.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cdino.data.audio import SAMPLE_RATE, probe_lengths
 from cdino.data.kaldi_dir import read_trials, utt_id_from_path, write_data_dir, write_scp, \
     write_trials
 from cdino.errors import DataError
@@ -82,9 +85,18 @@ def _folder_summary(path: Path, wav: dict[str, str]) -> dict:
     return {"dir": str(path), "utts": len(wav), "speakers": len({_speaker(u) for u in wav})}
 
 
-def _write_voxceleb_folder(path: Path, wav: dict[str, str]) -> dict:
-    write_data_dir(path, wav, {u: _speaker(u) for u in wav})
-    return _folder_summary(path, wav)
+def _durations(wav: dict[str, str], progress: bool, what: str) -> dict[str, float]:
+    """Seconds of every utterance whose audio header can be read (thread pool)."""
+    lengths = probe_lengths(list(wav.values()), progress=progress and not _no_progress(),
+                            desc=f"reading {what} audio headers")
+    return {u: n / SAMPLE_RATE for u, n in zip(wav, lengths) if isinstance(n, int)}
+
+
+def _write_voxceleb_folder(path: Path, wav: dict[str, str], durs: dict[str, float]) -> dict:
+    write_data_dir(path, wav, {u: _speaker(u) for u in wav}, utt2dur=durs)
+    summary = _folder_summary(path, wav)
+    summary["unreadable_headers"] = sum(1 for u in wav if u not in durs)
+    return summary
 
 
 def _is_vox1_test_speaker(spk: str) -> bool:
@@ -136,7 +148,8 @@ def prepare_voxceleb(vox1: PathLike | None, vox2: PathLike | None, out: PathLike
     if vox2 is not None:
         vox2 = _require_dir(vox2, "VoxCeleb2")
         wav, ignored = _scan_vox2(vox2, progress)
-        summary["vox2_dev"] = _write_voxceleb_folder(out / "vox2_dev", wav)
+        summary["vox2_dev"] = _write_voxceleb_folder(out / "vox2_dev", wav,
+                                                     _durations(wav, progress, "VoxCeleb2"))
         summary["vox2_dev"]["ignored_files"] = ignored
     if vox1 is not None:
         vox1 = _require_dir(vox1, "VoxCeleb1")
@@ -145,11 +158,13 @@ def prepare_voxceleb(vox1: PathLike | None, vox2: PathLike | None, out: PathLike
         if not wav:
             raise DataError(f"{vox1}: no VoxCeleb1 audio found (expected "
                             f"{vox1}/wav/idXXXXX/<video>/00001.wav)")
-        summary["vox1"] = _write_voxceleb_folder(out / "vox1", wav)
+        durs = _durations(wav, progress, "VoxCeleb1")
+        summary["vox1"] = _write_voxceleb_folder(out / "vox1", wav, durs)
         summary["vox1"]["ignored_files"] = ignored
         dev = {u: p for u, p in wav.items() if not _is_vox1_test_speaker(_speaker(u))}
         if dev:
-            summary["vox1_dev"] = _write_voxceleb_folder(out / "vox1_dev", dev)
+            summary["vox1_dev"] = _write_voxceleb_folder(
+                out / "vox1_dev", dev, {u: durs[u] for u in dev if u in durs})
         summary["trials"] = _prepare_vox1_trials(vox1, trials_dir, out / "vox1", wav)
     return summary
 

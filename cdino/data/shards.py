@@ -1,11 +1,17 @@
 """Tar shards: a data folder packed into few large files for training at scale.
 
-Millions of small audio files are slow to open on network storage; shards are read
-sequentially instead. ``write_shards`` packs a data folder into ``shard-000000.tar``, ...
-(each utterance as ``<key>.json`` ``{"utt": id, "spk": speaker or null}`` followed by
-``<key>.flac``, 16-bit, 16 kHz; ``key`` is the utterance id percent-encoded so it holds no
-``/``) and lists them in ``shards.list``. ``ShardDataset`` streams them back, each shard to
-exactly one (rank, data-loader worker) pair.
+Millions of small audio files are slow to open on network storage. ``write_shards`` packs
+a data folder into ``shard-000000.tar``, ... (each utterance as ``<key>.json``
+``{"utt": id, "spk": speaker or null}`` followed by ``<key>.flac``, 16-bit, 16 kHz; ``key``
+is the utterance id percent-encoded so it holds no ``/``), lists them in ``shards.list``
+and indexes them in ``shards.index``: where each utterance's flac lies in its tar and how
+many samples it holds, in the order of the source data folder.
+
+Training reads shards like any data folder (``DataDir.load`` on the shard folder,
+``open_store`` → :class:`ShardStore`): a crop is one ``pread`` of the member's bytes and
+a flac decode, so the trainer's map-style sampler (global batch, ranks, exact resume)
+works unchanged. Shards without a valid index (written by hand, or changed since) are
+indexed once from their tar headers and the index is cached beside ``shards.list``.
 """
 
 from __future__ import annotations
@@ -16,26 +22,31 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import numpy as np
-from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, decode_audio, encode_audio, \
     load_audio_or_skip
-from cdino.data.kaldi_dir import DataDir, read_text_lines, write_scp
+from cdino.data.kaldi_dir import SHARD_LIST, DataDir, read_text_lines, write_scp
+from cdino.data.loader import WaveStore, _shared_by_rank0
 from cdino.errors import AudioError, DataError
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-LIST_NAME = "shards.list"
+LIST_NAME = SHARD_LIST
+INDEX_NAME = "shards.index"
+_INDEX_HEADER = "#cdino-shard-index\t1"
 _SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
 _TAR_OVERHEAD = 3 * 512  # a header block per member plus padding, roughly
+_BLOCK = 512
 
 
 def shard_key(utt: str) -> str:
@@ -69,19 +80,384 @@ class _ShardWriter:
             os.replace(self.paths[-1].with_name(self.paths[-1].name + ".tmp"), self.paths[-1])
             self.tar = None
 
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> Path:
-        """Add one utterance's members; start a new shard when this one would overflow."""
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Add one utterance's members; start a new shard when this one would overflow.
+
+        Returns the shard's number and, per suffix, ``(data offset, size)`` in the tar.
+        """
         size = sum(len(data) + _TAR_OVERHEAD for _, data in members)
         if self.tar is not None and self.size > 0 and self.size + size > self.limit:
             self.close_shard()
         if self.tar is None:
             self._open()
+        where = {}
         for suffix, data in members:
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             self.tar.addfile(info, io.BytesIO(data))
+            # after addfile the tar's offset is the end of the member's padded data
+            where[suffix] = (self.tar.offset - -(-len(data) // _BLOCK) * _BLOCK, len(data))
         self.size += size
-        return self.paths[-1]
+        return len(self.paths) - 1, where
+
+
+@dataclass
+class ShardIndex:
+    """Where every utterance of a shard folder lies: shard number, byte offset and size of
+    its flac member, length in samples (16 kHz) and speaker (``""``: none)."""
+
+    list_path: Path
+    shards: list[Path]
+    utts: list[str]
+    spks: list[str]
+    shard: np.ndarray  # int32 (n,)
+    offset: np.ndarray  # int64 (n,)
+    size: np.ndarray  # int64 (n,)
+    samples: np.ndarray  # int64 (n,)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # members left out when indexing
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+
+def _write_index(path: Path, shards: Sequence[Path], rows: Iterator[tuple], skipped: Sequence[tuple[str, str]]) -> None:
+    """``shards.index``: header, ``#shard name bytes`` and ``#skip member reason`` lines,
+    then ``utt shard offset size samples spk`` (tab-separated), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(_INDEX_HEADER + "\n")
+            for p in shards:
+                f.write(f"#shard\t{p.name}\t{os.path.getsize(p)}\n")
+            for name, reason in skipped:
+                f.write(f"#skip\t{name}\t{' '.join(reason.split())}\n")
+            for utt, spk, shard, offset, size, samples in rows:
+                f.write(f"{utt}\t{shard}\t{offset}\t{size}\t{samples}\t{spk or ''}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_index(list_path: Path, shards: list[Path]) -> ShardIndex | None:
+    """The cached index when it exists and matches the listed shards (names and byte
+    sizes); ``None`` otherwise (it is then rebuilt). A malformed line → DataError."""
+    path = list_path.parent / INDEX_NAME
+    if not path.is_file():
+        return None
+    lines = read_text_lines(path, INDEX_NAME)
+    if not lines or lines[0] != _INDEX_HEADER:
+        return None
+    want = [(p.name, os.path.getsize(p)) for p in shards]
+    have, skipped = [], []
+    utts, spks, cols = [], [], []
+    for lineno, line in enumerate(lines[1:], 2):
+        parts = line.split("\t")
+        if parts[0] == "#shard" and len(parts) == 3 and parts[2].isdigit():
+            have.append((parts[1], int(parts[2])))
+        elif parts[0] == "#skip" and len(parts) == 3:
+            skipped.append((parts[1], parts[2]))
+        elif len(parts) == 6 and not parts[0].startswith("#"):
+            utts.append(parts[0])
+            spks.append(parts[5])
+            cols.append(parts[1:5])
+        elif line.strip():
+            raise DataError(f"{path}:{lineno}: expected 'utt shard offset size samples spk' "
+                            "(tab-separated); delete the file to index the shards again")
+    if have != want:
+        return None  # the shards changed since the index was written
+    if not utts:
+        raise DataError(f"{path}: no utterances indexed")
+    try:
+        table = np.array(cols, dtype=np.int64).reshape(-1, 4)
+    except ValueError:
+        raise DataError(f"{path}: a shard, offset, size or samples field is not a number; "
+                        "delete the file to index the shards again") from None
+    if table.min() < 0 or table[:, 0].max() >= len(shards):
+        raise DataError(f"{path}: shard numbers or offsets out of range; delete the file "
+                        "to index the shards again")
+    if len(set(utts)) != len(utts):
+        raise DataError(f"{path}: an utterance is indexed twice")
+    index = ShardIndex(list_path, shards, utts, spks, table[:, 0].astype(np.int32),
+                       table[:, 1].copy(), table[:, 2].copy(), table[:, 3].copy(), skipped)
+    return index if _headers_agree(index) else None
+
+
+def _headers_agree(index: ShardIndex) -> bool:
+    """Spot check that the tar headers in front of the first, middle and last indexed
+    member of every shard name that member with that size (a shard rewritten to the same
+    byte size with another layout fails it)."""
+    order = np.lexsort((index.offset, index.shard))
+    starts = np.searchsorted(index.shard[order], np.arange(len(index.shards) + 1))
+    for s, shard in enumerate(index.shards):
+        rows = order[starts[s]:starts[s + 1]]
+        if not len(rows):
+            continue
+        with open(shard, "rb") as f:
+            for r in {int(rows[0]), int(rows[len(rows) // 2]), int(rows[-1])}:
+                offset = int(index.offset[r])
+                head = os.pread(f.fileno(), _BLOCK, offset - _BLOCK) if offset >= _BLOCK else b""
+                if len(head) < _BLOCK:
+                    return False
+                name = head[:100].split(b"\0", 1)[0]
+                want = f"{shard_key(index.utts[r])}.flac".encode("utf-8")
+                try:
+                    size = int(head[124:136].split(b"\0", 1)[0].strip() or b"-1", 8)
+                except ValueError:
+                    return False
+                if not name or not want.startswith(name) or len(name) < min(len(want), 99) \
+                        or size != int(index.size[r]):
+                    return False
+    return True
+
+
+def _flac_length(head: bytes) -> int | None:
+    """Samples at 16 kHz from a flac's STREAMINFO (``None`` when it cannot tell)."""
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    si = head[8:42]
+    rate = (si[10] << 12) | (si[11] << 4) | (si[12] >> 4)
+    total = ((si[13] & 0x0F) << 32) | int.from_bytes(si[14:18], "big")
+    if rate == 0 or total == 0:
+        return None
+    return int(round(total * SAMPLE_RATE / rate))
+
+
+def _scan_shard(shard: Path, number: int, skipped: list[tuple[str, str]]) -> list[tuple]:
+    """Index rows of one tar from its headers (members grouped by ``<key>.<suffix>``)."""
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    tar_error = None
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                stem, _, suffix = info.name.rpartition(".")
+                if not stem:
+                    skipped.append((f"{shard}:{info.name}", "member name without <key>.<suffix>"))
+                    continue
+                members.setdefault(stem, {})[suffix] = (info.offset_data, info.size)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        tar_error = (str(shard), f"unreadable tar, rest of shard skipped ({exc or type(exc).__name__})")
+    rows = []
+    end = os.path.getsize(shard)
+    with open(shard, "rb") as f:
+        for stem, have in members.items():
+            where = f"{shard}:{stem}"
+            if "json" not in have or "flac" not in have:
+                got = ", ".join(sorted(have)) or "nothing"
+                skipped.append((where, f"incomplete utterance (needs .json and .flac, has {got})"))
+                continue
+            (j_off, j_size), (a_off, a_size) = have["json"], have["flac"]
+            if a_off + a_size > end or j_off + j_size > end:
+                skipped.append((where, "truncated: the shard ends inside this utterance"))
+                tar_error = None  # this is what the tar error was about
+                continue
+            try:
+                meta = json.loads(os.pread(f.fileno(), j_size, j_off).decode("utf-8"))
+                utt, spk = meta["utt"], meta.get("spk")
+                if not isinstance(utt, str) or not (spk is None or isinstance(spk, str)):
+                    raise TypeError("'utt' must be a string and 'spk' a string or null")
+                if not utt or any(c.isspace() for c in utt) or (spk and any(c.isspace() for c in spk)):
+                    raise ValueError("utterance and speaker ids must be non-empty without white space")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                skipped.append((where + ".json", f"bad metadata ({exc})"))
+                continue
+            n = _flac_length(os.pread(f.fileno(), min(a_size, 64), a_off))
+            if n is None:  # not a cdino flac header: decode to measure (and to check it)
+                try:
+                    n = len(decode_audio(os.pread(f.fileno(), a_size, a_off), name=where + ".flac"))
+                except AudioError as exc:
+                    skipped.append((where + ".flac", str(exc).removeprefix(f"{where}.flac: ")))
+                    continue
+            rows.append((utt, spk or "", number, a_off, a_size, n))
+    if tar_error is not None:
+        skipped.append(tar_error)
+    return rows
+
+
+def build_shard_index(list_path: PathLike, progress: bool = False) -> ShardIndex:
+    """Index the shards of a list from their tar headers and write ``shards.index``
+    beside it (when the folder is writable). Utterance order: shard by shard."""
+    list_path = Path(list_path)
+    shards = read_shard_list(list_path)
+    skipped: list[tuple[str, str]] = []
+    rows: list[tuple] = []
+    seen: set[str] = set()
+    for number, shard in enumerate(tqdm(shards, desc="indexing shards", unit=" shard",
+                                        disable=not progress, leave=False)):
+        for row in _scan_shard(shard, number, skipped):
+            if row[0] in seen:
+                skipped.append((f"{shard}:{shard_key(row[0])}", f"utterance '{row[0]}' is in another shard too"))
+                continue
+            seen.add(row[0])
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{list_path}: no readable utterance in the shards "
+                        f"({len(skipped)} members skipped)")
+    try:
+        _write_index(list_path.parent / INDEX_NAME, shards, iter(rows), skipped)
+    except OSError as exc:
+        log.warning("%s: cannot write the shard index (%s); it is kept in memory",
+                    list_path.parent / INDEX_NAME, exc.strerror or exc)
+    cols = np.array([r[2:] for r in rows], dtype=np.int64).reshape(-1, 4)
+    return ShardIndex(list_path, shards, [r[0] for r in rows], [r[1] for r in rows],
+                      cols[:, 0].astype(np.int32), cols[:, 1].copy(), cols[:, 2].copy(),
+                      cols[:, 3].copy(), skipped)
+
+
+def load_shard_index(list_path: PathLike, progress: bool = False) -> ShardIndex:
+    """The index of a ``shards.list``: the cached ``shards.index`` when it matches the
+    shards, else built from the tar headers (on rank 0 under torch.distributed; the other
+    ranks wait and read it)."""
+    list_path = Path(list_path)
+    shards = read_shard_list(list_path)
+    index = _read_index(list_path, shards)
+    if index is not None:
+        return index
+
+    built: list[ShardIndex] = []
+
+    def build() -> bool:  # True when the index could be written for the other ranks
+        built.append(build_shard_index(list_path, progress=progress))
+        return (list_path.parent / INDEX_NAME).is_file()
+
+    if _shared_by_rank0(build) and not built:
+        index = _read_index(list_path, shards)
+    if index is None:
+        index = built[0] if built else build_shard_index(list_path, progress=progress)
+    return index
+
+
+class _ShardMembers(Mapping):
+    """``DataDir.wav`` of a shard folder: utterance → ``<shard>:<utterance>`` (not a file)."""
+
+    def __init__(self, index: ShardIndex) -> None:
+        self.index = index
+        self._row: dict[str, int] | None = None
+
+    def _rows(self) -> dict[str, int]:
+        if self._row is None:
+            self._row = {u: i for i, u in enumerate(self.index.utts)}
+        return self._row
+
+    def __getitem__(self, utt: str) -> str:
+        i = self._rows()[utt]
+        return f"{self.index.shards[self.index.shard[i]]}:{utt}"
+
+    def __contains__(self, utt) -> bool:
+        return utt in self._rows()
+
+    def __iter__(self):
+        return iter(self.index.utts)
+
+    def __len__(self) -> int:
+        return len(self.index.utts)
+
+
+def load_shard_dir(folder: PathLike) -> DataDir:
+    """A shard folder as a :class:`DataDir`: utterances and speakers from its index,
+    ``wav`` naming ``<shard>:<utterance>``, ``shards`` the :class:`ShardIndex`."""
+    folder = Path(folder)
+    index = load_shard_index(folder / LIST_NAME)
+    utt2spk = dict(zip(index.utts, index.spks)) if all(index.spks) else None
+    return DataDir(root=folder.resolve(), utts=index.utts, wav=_ShardMembers(index),
+                   utt2spk=utt2spk, shards=index)
+
+
+class _Names(Sequence):
+    def __init__(self, store: ShardStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):
+        return self.store.name(i)
+
+
+class ShardStore(WaveStore):
+    """Crops read from tar shards: a ``pread`` of the utterance's flac member and a decode
+    (random access, so the trainer's sampler, ranks and resume work as with files).
+
+    Members left out when indexing and utterances shorter than ``min_seconds`` are
+    listed in ``skipped``; a member that fails later raises ``AudioError`` from ``read``.
+    Each process keeps at most ``max_open`` shards open.
+    """
+
+    def __init__(self, data: DataDir | PathLike, min_seconds: float = 0.5, progress: bool = True,
+                 skipped: SkippedFiles | None = None, *, max_open: int = 64) -> None:
+        if not isinstance(data, DataDir):
+            data = DataDir.load(data)
+        index = data.shards
+        if index is None:
+            raise DataError(f"{data.root}: not a shard folder (no {LIST_NAME})")
+        self.skipped = skipped if skipped is not None else SkippedFiles()
+        for name, reason in index.skipped:
+            self.skipped.add(name, reason)
+        if data.utts is index.utts:
+            rows = np.arange(len(index), dtype=np.int64)
+        else:
+            pos = {u: i for i, u in enumerate(index.utts)}
+            rows = np.array([pos[u] for u in data.utts], dtype=np.int64)
+        samples = index.samples[rows]
+        keep = samples >= max(1, int(min_seconds * SAMPLE_RATE))
+        for r in rows[~keep].tolist():
+            self.skipped.add(f"{index.shards[index.shard[r]]}:{index.utts[r]}",
+                             f"too short: {int(index.samples[r])} samples")
+        rows = rows[keep]
+        if not len(rows):
+            raise DataError(f"{data.root}: no usable audio ({self.skipped.summary()})")
+        self.utts = index.utts if len(rows) == len(index) else [index.utts[r] for r in rows.tolist()]
+        self.shard_paths = [str(p) for p in index.shards]
+        self.lengths = samples[keep]
+        self._shard, self._offset, self._size = index.shard[rows], index.offset[rows], index.size[rows]
+        self.max_open = max_open
+        self._fds: OrderedDict[int, int] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fds"] = OrderedDict()  # descriptors do not travel to another process
+        return state
+
+    def num_samples(self, i: int) -> int:
+        return int(self.lengths[i])
+
+    def name(self, i: int) -> str:
+        return f"{self.shard_paths[self._shard[i]]}:{self.utts[i]}"
+
+    @property
+    def paths(self) -> Sequence[str]:
+        return _Names(self)
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is not None:
+            self._fds.move_to_end(shard)
+            return fd
+        fd = os.open(self.shard_paths[shard], os.O_RDONLY)
+        self._fds[shard] = fd
+        while len(self._fds) > self.max_open:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def member_bytes(self, i: int) -> bytes:
+        """The raw bytes of utterance ``i``'s flac member."""
+        size, offset = int(self._size[i]), int(self._offset[i])
+        try:
+            data = os.pread(self._fd(int(self._shard[i])), size, offset)
+        except OSError as exc:
+            raise AudioError(f"{self.name(i)}: cannot read the shard ({exc.strerror or exc})") from None
+        if len(data) != size:
+            raise AudioError(f"{self.name(i)}: truncated shard ({len(data)} of {size} bytes)")
+        return data
+
+    def read(self, i: int, offset: int, n: int) -> np.ndarray:
+        return decode_audio(self.member_bytes(i), name=self.name(i), offset=offset, frames=n)
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
 
 
 def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
@@ -89,12 +465,16 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
     """Pack a data folder into tar shards of about ``shard_mb`` MiB; returns their paths.
 
     Utterances are shuffled (by ``seed``) before packing so that every shard mixes
-    speakers. Also writes ``shards.list``, ``utt2shard`` and, when audio files could
-    not be read, ``skipped.tsv`` (those utterances are left out).
+    speakers. Also writes ``shards.list``, ``shards.index`` (in the data folder's order:
+    training from the shards sees the same utterances, crops and batches as training from
+    the folder), ``utt2shard`` and, when audio files could not be read, ``skipped.tsv``
+    (those utterances are left out).
     """
     if shard_mb <= 0:
         raise ValueError(f"shard_mb must be positive, got {shard_mb}")
     data = DataDir.load(data_dir)
+    if data.shards is not None:
+        raise DataError(f"{data_dir}: already a shard folder")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     order = list(data.utts)
@@ -103,6 +483,7 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
     writer = _ShardWriter(out, int(shard_mb * 2**20))
     skipped = SkippedFiles()
     utt2shard: dict[str, str] = {}
+    entries: dict[str, tuple] = {}
     no_bar = not progress or os.environ.get("CDINO_NO_PROGRESS", "") not in ("", "0")
     try:
         for utt in tqdm(order, desc="writing shards", unit=" utt", disable=no_bar):
@@ -111,9 +492,10 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
                 continue
             spk = data.utt2spk[utt] if data.utt2spk is not None else None
             meta = json.dumps({"utt": utt, "spk": spk}).encode("utf-8")
-            path = writer.add(shard_key(utt), [("json", meta),
-                                               ("flac", encode_audio(wave, SAMPLE_RATE))])
-            utt2shard[utt] = path.name
+            number, where = writer.add(shard_key(utt), [("json", meta),
+                                                        ("flac", encode_audio(wave, SAMPLE_RATE))])
+            utt2shard[utt] = writer.paths[number].name
+            entries[utt] = (utt, spk, number, *where["flac"], len(wave))
     finally:
         writer.close_shard()
     if not utt2shard:
@@ -127,6 +509,7 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
         skipped.write(out / "skipped.tsv")
         log.warning("write_shards: %s", skipped.summary())
     write_scp(out / "utt2shard", utt2shard)
+    _write_index(out / INDEX_NAME, writer.paths, (entries[u] for u in data.utts if u in entries), [])
     tmp = out / (LIST_NAME + ".tmp")
     tmp.write_text("".join(f"{p.name}\n" for p in writer.paths), encoding="utf-8")
     os.replace(tmp, out / LIST_NAME)
@@ -153,158 +536,3 @@ def read_shard_list(list_path: PathLike) -> list[Path]:
     if not shards:
         raise DataError(f"{list_path}: no shards listed")
     return shards
-
-
-class ShardDataset(IterableDataset):
-    """Utterances streamed from tar shards as ``{"utt", "spk", "wave"}`` dicts.
-
-    Shards are dealt round-robin to the ``world_size × num_workers`` (rank, worker) pairs,
-    so across all of them every utterance comes once per epoch. With ``shuffle`` the shard
-    order is permuted per epoch (the same on every rank: seeded by ``seed`` and ``epoch``)
-    and, when ``shuffle_buffer > 0``, utterances pass through an in-memory buffer of that
-    many and leave it in random order. Unreadable members are skipped and counted in
-    ``self.skipped`` (per process; a data-loader worker logs its own count).
-    """
-
-    def __init__(self, list_path: PathLike, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, seed: int = 0, epoch: int = 0, *,
-                 shuffle_buffer: int = 0, sample_rate: int = SAMPLE_RATE) -> None:
-        super().__init__()
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
-                             f"world_size={world_size}")
-        if shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
-        self.list_path = Path(list_path)
-        self.shards = read_shard_list(self.list_path)
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
-        self.shuffle_buffer, self.sample_rate = shuffle_buffer, sample_rate
-        self.skipped = SkippedFiles()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shard order (and buffer shuffle) to produce."""
-        self.epoch = epoch
-
-    @property
-    def num_utts(self) -> int | None:
-        """Utterances in all shards, from ``utt2shard`` beside the list (``None`` if absent)."""
-        path = self.list_path.parent / "utt2shard"
-        if not path.is_file():
-            return None
-        with open(path, encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
-
-    def shards_for(self, worker: int = 0, num_workers: int = 1) -> list[Path]:
-        """The shards this rank's data-loader ``worker`` (of ``num_workers``) reads this epoch."""
-        order = list(self.shards)
-        if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
-            order = [order[i] for i in perm]
-        slot, n_slots = self.rank * num_workers + worker, self.world_size * num_workers
-        return order[slot::n_slots]
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shards = self.shards_for(worker, num_workers)
-        if not shards:
-            log.warning("%s: rank %d worker %d gets no shard (%d shards for %d readers)",
-                        self.list_path, self.rank, worker, len(self.shards),
-                        self.world_size * num_workers)
-        before = self.skipped.count
-        items = (item for shard in shards for item in self._read_shard(shard))
-        if self.shuffle and self.shuffle_buffer > 0:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-            items = _buffer_shuffle(items, self.shuffle_buffer, rng)
-        yield from items
-        if self.skipped.count > before:
-            log.warning("%s (rank %d worker %d): %s", self.list_path, self.rank, worker,
-                        self.skipped.summary())
-
-    def _read_shard(self, shard: Path) -> Iterator[dict]:
-        """The utterances of one shard; members are grouped by key (``<key>.<suffix>``)."""
-        key, members = None, {}
-        with _TarReader(shard) as tar:
-            for name, data in tar:
-                stem, _, suffix = name.rpartition(".")
-                if not stem:
-                    self.skipped.add(f"{shard}:{name}", "member name without <key>.<suffix>")
-                    continue
-                if stem != key:
-                    item = self._decode(shard, key, members) if key is not None else None
-                    if item is not None:
-                        yield item
-                    key, members = stem, {}
-                members[suffix] = data
-        if tar.error is not None:
-            self.skipped.add(shard, f"unreadable tar, rest of shard skipped ({tar.error})")
-            return  # the last, partly read utterance is lost with the rest
-        if key is not None:
-            item = self._decode(shard, key, members)
-            if item is not None:
-                yield item
-
-    def _decode(self, shard: Path, key: str, members: dict[str, bytes]) -> dict | None:
-        where = f"{shard}:{key}"
-        if "json" not in members or "flac" not in members:
-            have = ", ".join(sorted(members)) or "nothing"
-            self.skipped.add(where, f"incomplete utterance (needs .json and .flac, has {have})")
-            return None
-        try:
-            meta = json.loads(members["json"].decode("utf-8"))
-            utt, spk = meta["utt"], meta.get("spk")
-            if not isinstance(utt, str) or not (spk is None or isinstance(spk, str)):
-                raise TypeError("'utt' must be a string and 'spk' a string or null")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self.skipped.add(where + ".json", f"bad metadata ({exc})")
-            return None
-        try:
-            wave = decode_audio(members["flac"], self.sample_rate, name=where + ".flac")
-        except AudioError as exc:
-            message, prefix = str(exc), where + ".flac: "
-            self.skipped.add(where + ".flac", message.removeprefix(prefix))
-            return None
-        return {"utt": utt, "spk": spk, "wave": wave}
-
-
-class _TarReader:
-    """Iterates ``(name, bytes)`` of the files in a tar, streaming; a damaged tar ends the
-    iteration early and leaves the reason in ``error``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.error = path, None
-        self.tar: tarfile.TarFile | None = None
-
-    def __enter__(self) -> _TarReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.tar is not None:
-            self.tar.close()
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        try:
-            self.tar = tarfile.open(self.path, "r|")
-            for info in self.tar:
-                if info.isfile():
-                    f = self.tar.extractfile(info)
-                    yield info.name, f.read() if f is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            self.error = str(exc) or type(exc).__name__
-
-
-def _buffer_shuffle(items: Iterator[dict], size: int, rng: np.random.Generator
-                    ) -> Iterator[dict]:
-    """Stream ``items`` through a buffer of ``size``, emitting a random buffered one each time."""
-    buffer: list[dict] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        i = int(rng.integers(len(buffer)))
-        buffer[i], item = item, buffer[i]
-        yield item
-    order = rng.permutation(len(buffer))
-    for i in order:
-        yield buffer[i]

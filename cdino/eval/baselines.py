@@ -27,9 +27,13 @@ def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
         return out
     torch.manual_seed(cfg.trainer.seed)
     encoder = build_encoder(cfg.encoder)
-    store = open_store(DataDir.load(train_dir), cfg.data, progress=progress_enabled(cfg.trainer.progress))
-    return export_model(encoder, cfg, store, torch.device("cpu"), out, {"method": "untrained"},
-                        progress=progress_enabled(cfg.trainer.progress))
+    from cdino.train.distributed import is_main, resolve_device
+
+    progress = progress_enabled(cfg.trainer.progress) and is_main()
+    store = open_store(DataDir.load(train_dir), cfg.data, progress=progress)
+    # On every rank (under torchrun): the ranks embed the training set together.
+    return export_model(encoder, cfg, store, resolve_device(cfg.trainer.device), out,
+                        {"method": "untrained"}, progress=progress)
 
 
 @torch.no_grad()

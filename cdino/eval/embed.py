@@ -31,6 +31,7 @@ from tqdm import tqdm
 from cdino.data.audio import SAMPLE_RATE, audio_info, load_audio
 from cdino.data.kaldi_dir import DataDir
 from cdino.errors import AudioError, DataError
+from cdino.testing.faults import fault_point
 
 DEFAULT_BATCH_FRAMES = 30_000  # fbank frames per batch: 5 minutes of audio at a 10 ms shift
 DEFAULT_SHARD_SIZE = 2000  # utterances per resumable shard
@@ -330,7 +331,7 @@ def mean_embedding(emb: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# extraction
+# extraction: one extractor for evaluation, `cdino embed`, model export and clustering
 
 
 def _resolve_utts(data: DataDir, utts: Sequence[str] | None) -> list[str]:
@@ -348,83 +349,191 @@ def _resolve_utts(data: DataDir, utts: Sequence[str] | None) -> list[str]:
     return out
 
 
-def _shard_lengths(data: DataDir, utts: list[str], rate: int, fbank: nn.Module,
-                   bad: dict[str, str]) -> list[int]:
-    """Sample counts at ``rate`` from the file headers; bad files go to ``bad``."""
-    lengths = []
-    for u in utts:
-        try:
-            info = audio_info(data.wav[u])
-            n = int(round(info.frames * rate / info.sample_rate))
-            if num_frames(fbank, n) < MIN_FRAMES:
-                raise AudioError(f"{data.wav[u]}: too short for an embedding ({n} samples)")
-        except AudioError as exc:
-            bad[u] = str(exc)
-            n = 0
-        lengths.append(n)
-    return lengths
+class _DirSource:
+    """Utterances of a data folder read whole from their files (lengths from ``utt2dur``
+    when the folder has one, else from the file headers, read in parallel)."""
 
+    def __init__(self, data: DataDir, utts: list[str], rate: int) -> None:
+        self.data, self.utts, self.rate = data, utts, rate
+        self._known = _read_utt2dur(data)
 
-def _embed_shard(encoder: nn.Module, fbank: nn.Module, data: DataDir, utts: list[str],
-                 device: torch.device, rate: int, batch_frames: int, bucket_tolerance: float,
-                 amp: bool, skip_bad: bool, bar) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """Embed one shard; returns (utts kept in input order, (n, D) float32, skipped)."""
-    bad: dict[str, str] = {}
-    lengths = _shard_lengths(data, utts, rate, fbank, bad)
-    if bad and not skip_bad:
-        u = next(iter(bad))
-        raise AudioError(bad[u])
-    good = [i for i, u in enumerate(utts) if u not in bad]
-    batches = plan_batches([lengths[i] for i in good], fbank, batch_frames, bucket_tolerance)
-    batches = [[good[j] for j in b] for b in batches]
-    if bar is not None and len(good) < len(utts):
-        bar.update(len(utts) - len(good))
+    def path(self, i: int) -> str:
+        return self.data.wav[self.utts[i]]
 
-    def load(batch: list[int]):
-        waves = []
-        for i in batch:
+    def lengths(self, indices: Sequence[int]) -> list[int | AudioError]:
+        def one(i: int):
+            u = self.utts[i]
+            if u in self._known:
+                return int(round(self._known[u] * self.rate))
             try:
-                waves.append(torch.from_numpy(load_audio(data.wav[utts[i]], rate)))
+                info = audio_info(self.path(i))
+            except AudioError as exc:
+                return exc
+            return int(round(info.frames * self.rate / info.sample_rate))
+
+        if len(indices) < 64 or all(self.utts[i] in self._known for i in indices):
+            return [one(i) for i in indices]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, indices))
+
+    def read(self, i: int, offset: int, n: int) -> np.ndarray:
+        wave = load_audio(self.path(i), self.rate)
+        return wave[offset:offset + n] if (offset or n < len(wave)) else wave
+
+
+class _StoreSource:
+    """Utterances of a training store (:mod:`cdino.data.loader`): memory, files or shards."""
+
+    def __init__(self, store) -> None:
+        self.store, self.utts = store, list(store.utts)
+
+    def path(self, i: int) -> str:
+        paths = getattr(self.store, "paths", None)
+        return paths[i] if paths is not None else self.utts[i]
+
+    def lengths(self, indices: Sequence[int]) -> list[int | AudioError]:
+        return [int(self.store.num_samples(i)) for i in indices]
+
+    def read(self, i: int, offset: int, n: int) -> np.ndarray:
+        return self.store.read(i, offset, n)
+
+
+def _read_utt2dur(data: DataDir) -> dict[str, float]:
+    """Durations (seconds) from the folder's ``utt2dur``; empty when there is none."""
+    reader = getattr(data, "durations", None)
+    if callable(reader):
+        try:
+            return dict(reader() or {})
+        except Exception:  # a bad utt2dur is reported by the data layer, not here
+            return {}
+    path = Path(data.root) / "utt2dur"
+    out: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    out[parts[0]] = float(parts[1])
+                except ValueError:
+                    return {}
+    return out
+
+
+class _BatchReads(torch.utils.data.Dataset):
+    """Item ``k``: the waveforms of planned batch ``k`` (an ``AudioError`` for a bad file),
+    each cropped to its planned length at the utterance's centre."""
+
+    def __init__(self, source, batches: list[list[int]], full: dict[int, int], want: dict[int, int]) -> None:
+        self.source, self.batches, self.full, self.want = source, batches, full, want
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        waves = []
+        for i in self.batches[k]:
+            n, total = self.want[i], self.full[i]
+            try:
+                w = self.source.read(i, max(0, (total - n) // 2), n)
+                waves.append(torch.from_numpy(np.ascontiguousarray(w[:n], dtype=np.float32)))
             except AudioError as exc:
                 waves.append(exc)
-        return batch, waves
+        return self.batches[k], waves
 
+
+def _first(item):
+    return item
+
+
+def _batch_iter(dataset: _BatchReads, num_workers: int) -> Iterator:
+    """The planned batches' waveforms, read ahead: DataLoader workers, or two I/O threads."""
+    if num_workers > 0 and len(dataset) > 1:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                             num_workers=min(num_workers, len(dataset)),
+                                             collate_fn=_first, prefetch_factor=2)
+        yield from loader
+    else:
+        yield from _prefetch(dataset.__getitem__, range(len(dataset)))
+
+
+def _crop_length(n: int, max_samples: int | None, quantum: int) -> int:
+    if max_samples is not None:
+        n = min(n, max_samples)
+    if quantum > 1:
+        n = max(min(n, quantum), (n // quantum) * quantum)
+    return n
+
+
+def _embed_shard(encoder: nn.Module, fbank: nn.Module, source, indices: list[int],
+                 device: torch.device, batch_frames: int, bucket_tolerance: float,
+                 amp: bool, skip_bad: bool, max_samples: int | None, quantum: int,
+                 num_workers: int, bar) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """Embed one shard (indices into ``source``); returns (utts kept in input order,
+    (n, D) float32, skipped)."""
+    bad: dict[int, str] = {}
+    full: dict[int, int] = {}
+    for i, n in zip(indices, source.lengths(indices)):
+        if isinstance(n, AudioError):
+            bad[i] = str(n)
+        elif num_frames(fbank, _crop_length(n, max_samples, quantum)) < MIN_FRAMES:
+            bad[i] = f"{source.path(i)}: too short for an embedding ({n} samples)"
+        else:
+            full[i] = n
+    if bad and not skip_bad:
+        raise AudioError(next(iter(bad.values())))
+    good = [i for i in indices if i in full]
+    want = {i: _crop_length(full[i], max_samples, quantum) for i in good}
+    batches = [[good[j] for j in b]
+               for b in plan_batches([want[i] for i in good], fbank, batch_frames, bucket_tolerance)]
+    if bar is not None and len(good) < len(indices):
+        bar.update(len(indices) - len(good))
     rows: dict[int, torch.Tensor] = {}
     with _inference_context(device, amp):
-        for batch, waves in _prefetch(load, batches):
+        for batch, waves in _batch_iter(_BatchReads(source, batches, full, want), num_workers):
             ok = []
             for i, w in zip(batch, waves):
                 if isinstance(w, AudioError):
                     if not skip_bad:
                         raise w
-                    bad[utts[i]] = str(w)
+                    bad[i] = str(w)
                 else:
                     ok.append((i, w))
-            # Regroup by the decoded lengths (resampled files may differ by a sample).
+            # Regroup by the decoded lengths (a resampled file may differ by a sample).
             sub = plan_batches([int(w.shape[0]) for _, w in ok], fbank, batch_frames, bucket_tolerance)
             for group in sub:
                 emb = _run_trimmed(encoder, fbank, [ok[j][1] for j in group], device)
                 for row, j in enumerate(group):
                     rows[ok[j][0]] = emb[row]
+            fault_point("extraction")
             if bar is not None:
                 bar.update(len(batch))
-    kept = [i for i in range(len(utts)) if i in rows]
-    if kept:
-        emb = torch.stack([rows[i] for i in kept]).cpu().numpy().astype(np.float32)
-    else:
-        emb = np.zeros((0, 0), dtype=np.float32)
-    skipped = [(u, bad[u]) for u in utts if u in bad]
-    return [utts[i] for i in kept], emb, skipped
+    kept = [i for i in indices if i in rows]
+    emb = (torch.stack([rows[i] for i in kept]).cpu().numpy().astype(np.float32) if kept
+           else np.zeros((0, 0), dtype=np.float32))
+    skipped = [(source.utts[i], bad[i]) for i in indices if i in bad]
+    return [source.utts[i] for i in kept], emb, skipped
 
 
-def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.PathLike | DataDir,
+def _process_group() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.PathLike | DataDir | None = None,
                        out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                        utts: Sequence[str] | None = None, batch_frames: int = DEFAULT_BATCH_FRAMES,
                        shard_size: int = DEFAULT_SHARD_SIZE, rank: int = 0, world_size: int = 1,
                        progress: bool = True, skipped=None, bucket_tolerance: float = 0.0,
                        skip_bad: bool = False, amp: bool = False,
-                       on_shard: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """Full-utterance embeddings of a data folder's utterances (or the subset ``utts``).
+                       on_shard: Callable[[int], None] | None = None, *, store=None,
+                       max_seconds: float | None = None, quantum_seconds: float = 0.0,
+                       num_workers: int = 0, distributed: bool = False,
+                       desc: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """Full-utterance embeddings of a data folder's utterances (or the subset ``utts``), or
+    of a training ``store``'s utterances (``store=``, in store order).
 
     ``encoder`` maps ``(B, T, 80)`` fbank to ``(B, D)`` and must already be in eval mode
     (this function never changes a module's mode); ``fbank`` maps ``(B, samples)`` to
@@ -433,19 +542,44 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
     out and recorded in ``skipped`` (a list of ``(utt, reason)`` or an object with
     ``add(utt, reason)``). ``on_shard(index)`` is called after each shard is finished.
 
+    ``max_seconds`` embeds at most the central part of that length (clustering of long
+    training utterances); ``quantum_seconds`` rounds each length down to a multiple of it
+    (centred), so that many utterances batch exactly. Reads are prefetched by
+    ``num_workers`` DataLoader workers (0: two I/O threads).
+
+    Ranks: with ``distributed`` (and a process group, e.g. under ``torchrun``) every rank
+    embeds every ``world``-th shard on its own device and the shards are gathered, so each
+    rank returns all embeddings; call it on every rank. Otherwise ``rank``/``world_size``
+    split the shards by hand (``cdino embed --rank``): only this rank's shards are
+    returned, and :func:`merge_embeddings` joins them once all are done. Shards are fixed
+    lists of ``shard_size`` utterances batched alone, so the embeddings do not depend on
+    the number of ranks.
+
     Returns ``(utts, emb)``: the utterances embedded, in the input order, and float32
-    ``(N, D)`` embeddings (not normalised). With ``world_size > 1`` only this rank's shards
-    are returned; call :func:`merge_embeddings` once every rank is done.
+    ``(N, D)`` embeddings (not normalised).
     """
+    gathered = False
+    if distributed:
+        rank, world_size = _process_group()
+        gathered = world_size > 1
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     if shard_size < 1 or batch_frames < 1:
         raise ValueError("shard_size and batch_frames must be positive")
     _check_eval_mode(encoder)
     device = torch.device(device)
-    data = data_dir if isinstance(data_dir, DataDir) else DataDir.load(data_dir)
-    utt_list = _resolve_utts(data, utts)
     rate = int(_fbank_setting(fbank, "sample_rate", SAMPLE_RATE))
+    if store is not None:
+        source = _StoreSource(store)
+        data = None
+    else:
+        if data_dir is None:
+            raise ValueError("extract_embeddings needs a data folder or a store")
+        data = data_dir if isinstance(data_dir, DataDir) else DataDir.load(data_dir)
+        source = _DirSource(data, _resolve_utts(data, utts), rate)
+    utt_list = source.utts
+    max_samples = int(max_seconds * rate) if max_seconds else None
+    quantum = max(1, int(quantum_seconds * rate))
     encoder.to(device)
     fbank.to(device)
 
@@ -454,15 +588,13 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
         shard_size = max(1, len(utt_list))  # nothing to resume: one shard, all headers checked first
     n_shards = (len(utt_list) + shard_size - 1) // shard_size
     if out is not None:
-        n_shards = _check_manifest(out, utt_list, shard_size)
-        if world_size == 1 and (out / "embeddings.npy").exists() and (out / "utts.txt").exists():
+        if rank == 0 or not gathered:
+            n_shards = _check_manifest(out, utt_list, shard_size)
+        if gathered:
+            _barrier()
+        if (world_size == 1 or gathered) and (out / "embeddings.npy").exists() and (out / "utts.txt").exists():
             done_utts, done_emb = load_embeddings(out)
-            skip_file = out / "skipped.txt"
-            if skip_file.exists():
-                for line in skip_file.read_text().splitlines():
-                    if line.strip():
-                        u, _, r = line.partition("\t")
-                        _record_skip(skipped, u, data.wav.get(u, u), r)
+            _replay_skipped(out, skipped, source)
             return done_utts, done_emb
 
     mine = [s for s in range(n_shards) if s % world_size == rank]
@@ -475,13 +607,14 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
         else:
             todo.append(s)
     n_todo = sum(min(shard_size, len(utt_list) - s * shard_size) for s in todo)
-    bar = tqdm(total=n_todo, desc="embeddings", unit="utt", leave=False,
-               disable=not _progress_enabled(progress)) if n_todo else None
+    show = _progress_enabled(progress) and rank == 0
+    bar = tqdm(total=n_todo, desc=desc, unit="utt", leave=False, disable=not show) if n_todo else None
     try:
         for s in todo:
-            shard_utts = utt_list[s * shard_size:(s + 1) * shard_size]
-            result = _embed_shard(encoder, fbank, data, shard_utts, device, rate, batch_frames,
-                                  bucket_tolerance, amp, skip_bad, bar)
+            indices = list(range(s * shard_size, min((s + 1) * shard_size, len(utt_list))))
+            result = _embed_shard(encoder, fbank, source, indices, device, batch_frames,
+                                  bucket_tolerance, amp, skip_bad, max_samples, quantum,
+                                  num_workers, bar)
             if out is not None:
                 _write_shard(out, s, *result)
             results[s] = result
@@ -491,10 +624,84 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
         if bar is not None:
             bar.close()
 
+    if gathered:
+        results = _gather_shards(results)
+        mine = list(range(n_shards))
     for s in mine:
         for u, reason in results[s][2]:
-            _record_skip(skipped, u, data.wav.get(u, u), reason)
+            _record_skip(skipped, u, _source_path(source, u), reason)
+    done_utts = [u for s in mine for u in results[s][0]]
+    emb = _concat([results[s][1] for s in mine])
     if out is not None and world_size == 1:
         return merge_embeddings(out)
-    done_utts = [u for s in mine for u in results[s][0]]
-    return done_utts, _concat([results[s][1] for s in mine])
+    if out is not None and gathered:
+        if rank == 0:
+            _write_merged(out, done_utts, emb, [x for s in mine for x in results[s][2]])
+        _barrier()
+    return done_utts, emb
+
+
+def _source_path(source, utt: str) -> str:
+    data = getattr(source, "data", None)
+    return data.wav.get(utt, utt) if data is not None else utt
+
+
+def _replay_skipped(out: Path, skipped, source) -> None:
+    skip_file = out / "skipped.txt"
+    if skip_file.exists():
+        for line in skip_file.read_text().splitlines():
+            if line.strip():
+                u, _, r = line.partition("\t")
+                _record_skip(skipped, u, _source_path(source, u), r)
+
+
+def _write_merged(out: Path, utts: list[str], emb: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    _atomic_write_text(out / "utts.txt", "".join(u + "\n" for u in utts))
+    if skipped:
+        _atomic_write_text(out / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
+    _atomic_save_npy(out / "embeddings.npy", emb)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _gather_shards(results: dict) -> dict:
+    """Every rank's finished shards, on every rank (objects over the process group)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, results)
+    merged: dict = {}
+    for p in parts:
+        merged.update(p)
+    return merged
+
+
+def embed_training_store(encoder: nn.Module, fbank: nn.Module, store, device: torch.device,
+                         max_seconds: float, progress: bool = False, desc: str = "embedding",
+                         num_workers: int = 0) -> np.ndarray:
+    """(N, D) float32 embeddings of every utterance of a training store, in store order, for
+    clustering: the central ``max_seconds`` of each, lengths rounded down to 0.1 s so that
+    batches stack exactly. Call on every rank: the work is split over the process group.
+    The encoder is embedded in eval mode and put back in the mode it had."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        utts, emb = extract_embeddings(encoder, fbank, store=store, device=device, max_seconds=max_seconds,
+                                       quantum_seconds=0.1, batch_frames=24_000, distributed=True,
+                                       progress=progress, desc=desc, num_workers=num_workers,
+                                       amp=device.type == "cuda", skip_bad=True)
+    finally:
+        if was_training:
+            encoder.train()
+    if len(utts) == len(store):
+        return emb
+    # A file that failed to read keeps its row (zeros), so rows stay in store order.
+    full = np.zeros((len(store), emb.shape[1] if emb.size else getattr(encoder, "embed_dim", 1)), np.float32)
+    row = {u: i for i, u in enumerate(store.utts)}
+    full[[row[u] for u in utts]] = emb
+    return full

@@ -23,7 +23,7 @@ import torch
 
 from cdino.console import progress_enabled
 from cdino.methods.dino import DinoMethod
-from cdino.methods.store_embedding import embed_store
+from cdino.eval.embed import embed_training_store
 from cdino.metrics import nmi, purity
 from cdino.pseudo.kmeans import KMeansConfig, cluster
 
@@ -122,10 +122,10 @@ class ClusterAwareDinoMethod(DinoMethod):
 
     def _recluster(self, epoch: int) -> None:
         ctx = self.ctx
-        emb = embed_store(self.teacher.encoder, ctx.frontend, ctx.store, ctx.device,
-                          max_seconds=self.cc.embed_seconds,
-                          progress=ctx.rank == 0 and progress_enabled(ctx.cfg.trainer.progress),
-                          desc=f"embedding for clustering (epoch {epoch + 1})")
+        emb = embed_training_store(self.teacher.encoder, ctx.frontend.fbank, ctx.store, ctx.device,
+                                   self.cc.embed_seconds, progress_enabled(ctx.cfg.trainer.progress),
+                                   desc=f"embedding for clustering (epoch {epoch + 1})",
+                                   num_workers=ctx.cfg.data.num_workers)
         k = min(self._n_clusters(), max(2, len(emb) // 2))
         packed = torch.zeros(2, len(emb), dtype=torch.int64, device=ctx.device)
         n_clusters = torch.zeros((), dtype=torch.int64, device=ctx.device)

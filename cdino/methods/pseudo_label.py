@@ -35,6 +35,7 @@ from torch import nn
 
 from cdino.data.audio import SAMPLE_RATE
 from cdino.data.loader import SegmentDataset
+from cdino.errors import TrainingError
 from cdino.methods.base import Method, MethodContext
 from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.registry import build_encoder
@@ -42,6 +43,7 @@ from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, mult
 from cdino.pseudo.kmeans import KMeansConfig
 from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
+from cdino.train.distributed import all_reduce_sum
 from cdino.train.schedules import linear_warmup
 
 
@@ -300,14 +302,31 @@ class PseudoLabelMethod(Method):
         per_epoch = max(1, self.steps_per_epoch_value)
         return linear_warmup(step, int(self.pc.margin_warmup_epochs * per_epoch), 0.0, base)
 
+    def _global_counts(self) -> dict[str, torch.Tensor]:
+        """The counters summed over ranks (a collective call; the local ones are kept)."""
+        if self.ctx.world_size == 1:
+            return self.count
+        keys = sorted(self.count)
+        packed = all_reduce_sum(torch.stack([self.count[k].float() for k in keys]))
+        return dict(zip(keys, packed))
+
     def on_epoch_end(self, epoch: int) -> dict:
-        c = {k: float(v.item()) for k, v in self.count.items()}
+        c = {k: float(v.item()) for k, v in self._global_counts().items()}
         seen = max(1.0, c["seen"])
         out = {"round": self.round_index, "threshold": self._threshold(self.gate_a),
                "reliable_fraction": 1.0 - c["unreliable"] / seen,
                "corrected_fraction": c["corrected"] / seen}
         if self.gate_v is not None:
             out["visual_threshold"] = self._threshold(self.gate_v)
+        if self.ctx.world_size > 1:  # one gate for all ranks: check it, and show it
+            import torch.distributed as dist
+
+            per_rank = [None] * self.ctx.world_size
+            dist.all_gather_object(per_rank, [out["threshold"], out.get("visual_threshold")])
+            if any(x != per_rank[0] for x in per_rank):
+                raise TrainingError(f"{self.name} epoch {epoch + 1}: ranks gate with different "
+                                    f"thresholds {per_rank}; the gate state is out of sync")
+            out["rank_thresholds"] = [x[0] for x in per_rank]
         if self.fit_a is not None and self.fit_a.note:
             out["gate_note"] = self.fit_a.note
         if self.diag is not None and c["wrong"] > 0:  # diagnostics from true labels only
@@ -326,7 +345,7 @@ class PseudoLabelMethod(Method):
         for name in ("gate_v", "gate_f"):
             if getattr(self, name) is not None:
                 state[name] = getattr(self, name).state_dict()
-        for k, v in self.count.items():
+        for k, v in self._global_counts().items():
             state[f"count_{k}"] = v.detach().cpu()
         return state
 
@@ -337,8 +356,9 @@ class PseudoLabelMethod(Method):
                 getattr(self, name).load_state_dict(state[name])
         self.fit_epoch = int(state.get("fit_epoch", -1))
         for k in self.count:
-            if f"count_{k}" in state:
-                self.count[k] = state[f"count_{k}"].to(self.ctx.device)
+            if f"count_{k}" in state:  # global counts: rank 0 holds them, the others start at 0
+                value = state[f"count_{k}"].to(self.ctx.device)
+                self.count[k] = value if self.ctx.rank == 0 else torch.zeros_like(value)
 
     def export_encoder(self) -> nn.Module:
         return self.student.encoder

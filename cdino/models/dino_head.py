@@ -24,7 +24,10 @@ class NormalizedLinear(nn.Module):
         nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
+        # fp32 also under autocast: the losses divide these cosines by temperatures of
+        # 0.04-0.1, which would magnify bf16 rounding (~4e-3) 10-25x; the product is small.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), F.normalize(self.weight.float(), dim=1))
 
 
 class DinoHead(nn.Module):

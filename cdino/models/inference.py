@@ -140,13 +140,31 @@ def _rewrite_convs(module: nn.Module, dtype: torch.dtype, min_params: int) -> No
                 setattr(parent, name, LowPrecisionConv(child, dtype))
 
 
-def _fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix products are faster than fp32 here (CPU with AMX or AVX512-BF16)."""
-    if device.type != "cpu":
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matrix products are faster than fp32 on this CPU: native bf16 units
+    (AMX or AVX512-BF16, asked of torch, else read from /proc/cpuinfo) and oneDNN.
+    False for other devices (CUDA's bf16 choice is made by its callers)."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     cpu = torch.cpu
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    if any(hasattr(cpu, name) for name in checks):
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+_fast_bf16 = fast_bf16
 
 
 class TracedEncoder(nn.Module):
@@ -195,7 +213,7 @@ def optimize_for_inference(encoder: nn.Module, *, precision: str = "auto", trace
             scripted = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
     except Exception:  # TorchScript missing or unable: the eager rewrite is still exact
         return model
-    return TracedEncoder(scripted, getattr(encoder, "embed_dim", 0))
+    return TracedEncoder(scripted, getattr(encoder, "embed_dim", 0)).eval()  # eval mode, as the eager copy
 
 
 def _input_size(model: nn.Module) -> int:

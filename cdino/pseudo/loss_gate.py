@@ -153,26 +153,46 @@ def fit_loss_gate(losses: np.ndarray | torch.Tensor, use_log: bool = True, seed:
         mean = np.array([x.min(), x.max()])
     var = np.full(2, (0.5 * spread) ** 2)
     weight = np.full(2, 0.5)
+    # With two components, log w_k N(x; m_k, s_k) = q0_k + q1_k x + q2_k x^2: the E-step
+    # needs only d = log p_1 - log p_0 (responsibility sigmoid(d), log-likelihood
+    # log p_0 + softplus(d)) and the M-step the sums of r, r x, r x^2 of component 1
+    # (component 0's are the totals minus those). x is centred for accuracy.
+    size = x.size
+    shift = float(x.mean())
+    xc = x - shift
+    xx = xc * xc
+    s1, s2 = float(xc.sum()), float(xx.sum())
+    mean = mean - shift
+    d, t = np.empty_like(xc), np.empty_like(xc)
+    half_log_2pi = 0.5 * math.log(2.0 * math.pi)
     prev = -np.inf
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        # E-step: responsibilities via log-sum-exp
-        logp = np.log(weight) + _normal_logpdf(x[:, None], mean, np.sqrt(var))
-        top = logp.max(1, keepdims=True)
-        lse = top + np.log(np.exp(logp - top).sum(1, keepdims=True))
-        resp = np.exp(logp - lse)
-        ll = float(lse.mean())
+        # E-step
+        q2 = -0.5 / var
+        q1 = mean / var
+        q0 = np.log(weight) - 0.5 * np.log(var) - half_log_2pi - 0.5 * mean ** 2 / var
+        np.multiply(xx, q2[1] - q2[0], out=d)
+        np.multiply(xc, q1[1] - q1[0], out=t)
+        d += t
+        d += q0[1] - q0[0]
+        np.logaddexp(0.0, d, out=t)  # softplus(d) = log(1 + e^d)
+        ll = float(q0[0] + (q1[0] * s1 + q2[0] * s2) / size + t.mean())
+        np.subtract(d, t, out=t)
+        np.exp(t, out=t)  # responsibility of component 1
         # M-step
-        nk = resp.sum(0) + 1e-12
-        weight = np.clip(nk / x.size, 1e-6, None)
+        n1, x1, xx1 = float(t.sum()), float(t @ xc), float(t @ xx)
+        nk = np.array([size - n1, n1]) + 1e-12
+        weight = np.clip(nk / size, 1e-6, None)
         weight /= weight.sum()
-        mean = (resp * x[:, None]).sum(0) / nk
-        var = np.maximum((resp * (x[:, None] - mean) ** 2).sum(0) / nk, var_floor)
+        mean = np.array([s1 - x1, x1]) / nk
+        var = np.maximum(np.array([s2 - xx1, xx1]) / nk - mean ** 2, var_floor)
         if ll - prev < tol:
             converged = True
             break
         prev = ll
+    mean = mean + shift
     order = np.argsort(mean)
     mean, std, weight = mean[order], np.sqrt(var[order]), weight[order]
     note = ""
@@ -186,12 +206,25 @@ def fit_loss_gate(losses: np.ndarray | torch.Tensor, use_log: bool = True, seed:
                    converged=converged, n_iter=it, n_samples=n, note=note)
 
 
+def _process_group() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class LossGate:
-    """Per-sample losses of the last epoch and the gate fitted on them.
+    """Per-sample losses of the last epoch and the gate fitted on them — one gate for all
+    ranks.
 
     Losses live in a tensor of size ``n_samples`` on ``device`` (NaN = never seen), so
-    :meth:`update` and :meth:`reliable` are device-side and never sync with the host;
-    :meth:`fit` copies the losses to the host once per epoch.
+    :meth:`update` and :meth:`reliable` are device-side and never sync with the host.
+    Under ``torchrun`` each rank sees only its share of a global batch; :meth:`fit` first
+    merges every rank's losses of the epoch (two all-reduces), then fits one GMM on rank 0
+    and broadcasts it, so every rank gates with the same threshold whatever the number of
+    ranks. :meth:`state_dict` holds the merged (global) losses, so a run resumes with any
+    world size. Both are collective calls: every rank calls them together.
     """
 
     def __init__(self, cfg: LossGateConfig, n_samples: int,
@@ -199,38 +232,72 @@ class LossGate:
         self.cfg = cfg
         self.seed = seed
         self.losses = torch.full((n_samples,), float("nan"), device=device)
+        self.fresh = torch.zeros((n_samples,), dtype=torch.bool, device=device)  # updated here since the last merge
         self.threshold: float | None = None  # None: ungated
         self.last_fit: GateFit | None = None
 
     def reset(self) -> None:
         """Forget all losses and the threshold (start of a new round)."""
         self.losses.fill_(float("nan"))
+        self.fresh.zero_()
         self.threshold = None
         self.last_fit = None
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         """Store the per-sample losses of a batch; ``indices`` are dataset positions."""
-        self.losses[indices.to(self.losses.device)] = losses.detach().to(self.losses)
+        indices = indices.to(self.losses.device)
+        self.losses[indices] = losses.detach().to(self.losses)
+        self.fresh[indices] = True
+
+    @torch.no_grad()
+    def _merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses, fresh) as if one process had seen every rank's samples. Samples not
+        updated since the last merge hold the same value on every rank already."""
+        if _process_group()[1] == 1:
+            return self.losses, self.fresh
+        import torch.distributed as dist
+
+        values = torch.where(self.fresh, self.losses, torch.zeros_like(self.losses))
+        counts = self.fresh.to(self.losses.dtype)
+        dist.all_reduce(values)
+        dist.all_reduce(counts)
+        fresh = counts > 0
+        return torch.where(fresh, values / counts.clamp_min(1.0), self.losses), fresh
+
+    def merge(self) -> None:
+        """Make every rank's losses the global ones (collective)."""
+        self.losses, _ = self._merged()
+        self.fresh.zero_()
 
     def fit(self, epoch: int) -> GateFit | None:
         """Threshold for epoch ``epoch`` (0-based in the round) from the stored losses.
 
-        Call at the start of each epoch. Returns ``None`` (ungated) in mode ``off`` and
-        during the first ``warmup_epochs`` epochs.
+        Call at the start of each epoch, on every rank. Returns ``None`` (ungated) in mode
+        ``off`` and during the first ``warmup_epochs`` epochs.
         """
+        self.merge()
         mode = self.cfg.mode
         if mode == "off" or epoch < self.cfg.warmup_epochs:
             self.threshold, self.last_fit = None, None
             return None
-        if mode == "fixed":
-            seen = int(torch.isfinite(self.losses).sum())
-            fit = GateFit(float(self.cfg.fixed_threshold), log_space=False, n_samples=seen,
-                          note="fixed threshold")
-        elif mode == "dynamic":
-            fit = fit_loss_gate(self.losses, use_log=self.cfg.use_log, seed=self.seed + epoch)
-        else:
+        if mode not in ("fixed", "dynamic"):
             raise ConfigError(f"mode: {mode!r} is not one of 'off', 'fixed', 'dynamic'")
+        rank, world = _process_group()
+        fit = None
+        if rank == 0:
+            if mode == "fixed":
+                seen = int(torch.isfinite(self.losses).sum())
+                fit = GateFit(float(self.cfg.fixed_threshold), log_space=False, n_samples=seen,
+                              note="fixed threshold")
+            else:
+                fit = fit_loss_gate(self.losses, use_log=self.cfg.use_log, seed=self.seed + epoch)
+        if world > 1:  # one fit, the same threshold on every rank
+            import torch.distributed as dist
+
+            box = [fit]
+            dist.broadcast_object_list(box, src=0)
+            fit = box[0]
         self.threshold, self.last_fit = fit.threshold, fit
         return fit
 
@@ -241,11 +308,18 @@ class LossGate:
         return losses.detach() <= self.threshold
 
     def state_dict(self) -> dict:
-        """Resumable state (losses and threshold)."""
-        return {"losses": self.losses.detach().cpu(), "threshold": self.threshold}
+        """Resumable state: the global losses (merged over ranks; a collective call), which of
+        them this epoch updated, and the threshold."""
+        losses, fresh = self._merged()
+        return {"losses": losses.detach().cpu(), "fresh": fresh.cpu(), "threshold": self.threshold}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses.copy_(state["losses"].to(self.losses))
+        fresh = state.get("fresh")
+        self.fresh.zero_()
+        if fresh is not None and _process_group()[0] == 0:
+            # Rank 0 alone holds the epoch's updates so far: the next merge counts them once.
+            self.fresh.copy_(fresh.to(self.fresh.device))
         self.threshold = state["threshold"]
 
 

@@ -6,8 +6,13 @@ Named points are compiled into the code paths that must survive a kill:
     clustering         after k-means, before its labels are used or saved
     extraction         after the first batch of an embedding pass
 
+    step               after an optimiser step (N-th step of this process)
+
 ``CDINO_FAULT=point:N`` makes the process SIGKILL itself the N-th time it reaches
-``point`` (once per process). Without the variable a fault point costs one dict lookup.
+``point`` (once per process); ``point:N@R`` kills only rank R of a ``torchrun`` job.
+With ``CDINO_FAULT_ONCE=FILE`` the fault fires only while FILE does not exist (it is
+created), so a job restarted by ``torchrun --max-restarts`` runs on. Without the
+variable a fault point costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -27,11 +32,19 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("CDINO_FAULT")
     if not spec:
         return
+    spec, _, rank = spec.partition("@")
     point, _, nth = spec.partition(":")
-    if point != name:
+    if point != name or (rank and rank != os.environ.get("RANK", "0")):
         return
     _hits[name] += 1
     if _hits[name] == int(nth or 1):
+        mark = os.environ.get("CDINO_FAULT_ONCE")
+        if mark:  # fire once across restarts (torchrun --max-restarts starts new processes)
+            try:
+                fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from cdino.errors import ConfigError
 
 
 @dataclass
@@ -24,8 +27,30 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEFAULT_TIMEOUT_S = 1800.0  # process-group timeout: how long a collective waits for a slow rank
+
+
+def dist_timeout_s() -> float:
+    """The process-group timeout in seconds: ``CDINO_DIST_TIMEOUT`` or 30 minutes.
+
+    Every rank shares the long steps (embedding, training), so a rank waits in a
+    collective only for work that cannot be split (k-means on rank 0, writing a report);
+    raise it for very large clustering jobs on a slow CPU."""
+    raw = os.environ.get("CDINO_DIST_TIMEOUT", "")
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"CDINO_DIST_TIMEOUT: expected seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"CDINO_DIST_TIMEOUT: must be > 0, got {raw!r}")
+    return value
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (if any)."""
+    """Join the process group that ``torchrun`` describes in the environment (if any):
+    NCCL for CUDA devices, gloo for CPUs; timeout from :func:`dist_timeout_s`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -35,8 +60,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=dist_timeout_s()))
     return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (a no-op in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
 
 
 def resolve_device(name: str) -> torch.device:

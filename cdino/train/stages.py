@@ -25,7 +25,7 @@ from cdino.methods.base import FeatureFrontend
 from cdino.methods.cluster_aware import ClusterAwareDinoMethod
 from cdino.methods.dino import DinoMethod
 from cdino.methods.pseudo_label import PseudoLabelMethod
-from cdino.methods.store_embedding import embed_store
+from cdino.eval.embed import embed_training_store
 from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
@@ -83,8 +83,9 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
 
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     encoder = encoder.to(device)
-    emb = embed_store(encoder, frontend, store, device, max_seconds=TRAIN_EMBED_SECONDS,
-                      progress=progress and is_main(), desc="embedding training set for the model folder")
+    emb = embed_training_store(encoder, frontend.fbank, store, device, TRAIN_EMBED_SECONDS,
+                               progress=progress and is_main(), num_workers=cfg.data.num_workers,
+                               desc="embedding training set for the model folder")
     if is_main():
         mean = emb.mean(axis=0)
         k = int(np.clip(len(emb) // 20, 2, 6000))
@@ -137,7 +138,8 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
     t0 = time.perf_counter()
     from cdino.data.loader import open_store
 
-    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress))
+    init_distributed(resolve_device(cfg.trainer.device))  # before the store: rank 0 measures missing lengths
+    store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress) and is_main())
     labels = _true_labels(data, store.utts)
     method = PseudoLabelMethod(labels, name="supervised")
     trainer = Trainer(cfg, method, data, out, resume=resume, store=store)
@@ -223,9 +225,9 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
                      progress=progress_enabled(cfg.trainer.progress))
         if is_main():
             summary_path.write_text(json.dumps(summary, indent=1))
-            if on_round is not None:
-                on_round(r, rdir / "model", summary)
         barrier()
+        if on_round is not None:  # on every rank: evaluation shares its embedding work
+            on_round(r, rdir / "model", summary)
         summaries.append(summary)
         prev_model = rdir / "model"
     return summaries
@@ -241,9 +243,10 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     if emb is None:  # no embeddings saved at export for this model: embed the training set
         model = load_model(model_dir, device=str(device))
         frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
-        emb = embed_store(model.encoder, frontend, store, device, max_seconds=cfg.pseudo.embed_seconds,
-                          progress=progress_enabled(cfg.trainer.progress) and is_main(),
-                          desc="embedding for pseudo labels")
+        emb = embed_training_store(model.encoder, frontend.fbank, store, device, cfg.pseudo.embed_seconds,
+                                   progress=progress_enabled(cfg.trainer.progress) and is_main(),
+                                   num_workers=cfg.data.num_workers,
+                                   desc="embedding for pseudo labels")
     if not is_main():
         return None, None
     raw = emb

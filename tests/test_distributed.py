@@ -1,0 +1,181 @@
+"""The same run on 1 process and on 2 gloo ranks under torchrun (CPU): results do not depend
+on the number of ranks, every rank gates with one threshold, and a killed rank resumes.
+
+Tolerances. On a CPU, gloo has no SyncBatchNorm, so these runs fix ``trainer.micro_batch``
+(the same micro-batches on 1 and 2 ranks, gradient accumulation on one). What still differs
+is the order of floating-point sums (DDP averages the ranks' gradients where one process
+accumulates them), a relative 1e-7 per step. Clustering the *same* model's embeddings is
+then identical (round 1 labels equal bit for bit), and trained models agree to well under
+the tolerances below: thresholds to 2 % relative, EERs to 5 points on a 60-trial list
+(one trial is 1.7 points of either error rate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdino.api import run_eval, save_model_folder
+from cdino.config import load_config
+from cdino.models.registry import build_encoder
+from cdino.testing.faults import same_encoder_weights
+from cdino.train.trainer import TrainConfig
+
+from conftest import write_speaker_dir, write_trials_for
+
+PSEUDO_CFG = """\
+encoder: {name: ecapa_tdnn_small}
+trainer: {epochs: 3, global_batch: 8, micro_batch: 4, log_every: 2, progress: false, tensorboard: false, threads: 1}
+optim: {name: adamw, lr: 0.002, lr_scale_with_batch: false, warmup_epochs: 0.3}
+pseudo: {rounds: 2, kmeans: {n_clusters: 4}, min_seconds: 0.8, max_seconds: 1.0,
+         gate: {warmup_epochs: 1}, correction: {start_epoch: 1}}
+"""
+
+DINO_CFG = """\
+encoder: {name: ecapa_tdnn_small}
+trainer: {epochs: 4, global_batch: 8, micro_batch: 4, progress: false, tensorboard: false, threads: 1, checkpoint_every: 1}
+optim: {name: adamw, lr: 0.001, lr_scale_with_batch: false, warmup_epochs: 0.3}
+dino: {out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, global_seconds: 0.6, local_seconds: 0.3, n_local: 2}
+"""
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("CDINO_FAULT", "CDINO_FAULT_ONCE")}
+    return {**env, "OMP_NUM_THREADS": "1", "CDINO_NO_PROGRESS": "1", **extra}
+
+
+def cdino_cmd(args: list[str], ranks: int, max_restarts: int = 0) -> list[str]:
+    if ranks == 1:
+        return [sys.executable, "-m", "cdino.cli", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+            "--max-restarts", str(max_restarts), "-m", "cdino.cli", *args]
+
+
+def run_cdino(args: list[str], ranks: int, timeout: float = 600, check: bool = True, **env):
+    proc = subprocess.run(cdino_cmd(args, ranks, env.pop("max_restarts", 0)), env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} on {ranks} rank(s) failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def speakers(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    data = write_speaker_dir(root / "train", n_speakers=4, utts_per_speaker=6, seconds=1.5)
+    write_trials_for(data, root / "trials", n=60)
+    return data
+
+
+@pytest.fixture(scope="module")
+def init_model(speakers) -> Path:
+    torch.manual_seed(0)
+    cfg = load_config(TrainConfig, {"encoder": {"name": "ecapa_tdnn_small"}})
+    enc = build_encoder(cfg.encoder)
+    return save_model_folder(speakers.parent / "init", enc, cfg.encoder, cfg.fbank,
+                             np.zeros(enc.embed_dim, np.float32), 0.5, "test")
+
+
+def test_stage2_same_labels_and_one_gate_on_1_and_2_ranks(speakers, init_model, tmp_path):
+    cfg = tmp_path / "pseudo.yaml"
+    cfg.write_text(PSEUDO_CFG)
+    outs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}"
+        run_cdino(["train", "--method", "pseudo", "--data", str(speakers), "--init", str(init_model),
+                   "--out", str(out), "--config", str(cfg)], ranks)
+        outs[ranks] = out
+    # Round 1 clusters the same model's embeddings: identical pseudo labels.
+    np.testing.assert_array_equal(np.load(outs[1] / "round1" / "labels.npy"),
+                                  np.load(outs[2] / "round1" / "labels.npy"))
+    for r in (1, 2):
+        one = json.loads((outs[1] / f"round{r}" / "summary.json").read_text())["epochs"]
+        two = json.loads((outs[2] / f"round{r}" / "summary.json").read_text())["epochs"]
+        assert len(one) == len(two) == 3
+        gated = 0
+        for e1, e2 in zip(one, two):
+            # Every rank gated with the same threshold (checked on the ranks, recorded here).
+            assert e2["rank_thresholds"] == [e2["threshold"]] * 2
+            assert "rank_thresholds" not in e1
+            if e1["threshold"] is None:
+                assert e2["threshold"] is None
+                continue
+            gated += 1
+            assert e2["threshold"] == pytest.approx(e1["threshold"], rel=0.02)
+            # Global counters: fractions over all samples of the epoch, not one rank's share.
+            assert e2["reliable_fraction"] == pytest.approx(e1["reliable_fraction"], abs=0.13)
+        assert gated == 2  # epochs 2 and 3 of each round are gated
+    eers = {}
+    for ranks, out in outs.items():
+        res = run_eval(out / "round2" / "model", speakers, speakers.parent / "trials",
+                       tmp_path / f"eval{ranks}.json", progress=False)
+        eers[ranks] = res["eer"]
+    assert abs(eers[1] - eers[2]) <= 0.05, eers
+
+
+def test_killed_rank_resumes_to_the_uninterrupted_two_rank_model(speakers, tmp_path):
+    cfg = tmp_path / "dino.yaml"
+    cfg.write_text(DINO_CFG)
+    args = lambda out: ["train", "--method", "dino", "--data", str(speakers), "--out", str(out),
+                        "--config", str(cfg), "--resume"]
+    run_cdino(args(tmp_path / "ref"), 2)
+    # 24 utterances / batch 8 = 3 steps an epoch, 12 in all: kill rank 1 at a random step.
+    step = int(np.random.default_rng().integers(2, 11))
+    killed = run_cdino(args(tmp_path / "killed"), 2, check=False, CDINO_FAULT=f"step:{step}@1")
+    assert killed.returncode != 0, "the job should have died with its rank"
+    assert not (tmp_path / "killed" / "model").exists()
+    run_cdino(args(tmp_path / "killed"), 2)  # a plain rerun with --resume
+    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "killed" / "model"), step
+    # Rank 0 killed half-way through writing a checkpoint: the rerun resumes from the last
+    # complete one.
+    killed = run_cdino(args(tmp_path / "mid_write"), 2, check=False, CDINO_FAULT="checkpoint_write:5@0")
+    assert killed.returncode != 0
+    run_cdino(args(tmp_path / "mid_write"), 2)
+    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "mid_write" / "model")
+
+
+def test_fault_once_fires_once_across_restarts(tmp_path):
+    """CDINO_FAULT_ONCE (for `torchrun --max-restarts`): a restarted process runs on."""
+    code = "from cdino.testing.faults import fault_point; fault_point('step'); print('survived')"
+    env = _env(CDINO_FAULT="step:1", CDINO_FAULT_ONCE=str(tmp_path / "fired"))
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert first.returncode == -9 and "survived" not in first.stdout
+    assert second.returncode == 0 and "survived" in second.stdout
+    other_rank = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env=_env(CDINO_FAULT="step:1@1", RANK="0"))
+    assert other_rank.returncode == 0  # the fault names rank 1 only
+
+
+def test_resume_with_another_number_of_ranks(speakers, tmp_path):
+    """A run checkpointed on 2 ranks continues on 1 (the global batch and the sampler do not
+    depend on the world size) and ends close to the uninterrupted run."""
+    cfg = tmp_path / "dino.yaml"
+    cfg.write_text(DINO_CFG)
+    args = lambda out: ["train", "--method", "dino", "--data", str(speakers), "--out", str(out),
+                        "--config", str(cfg), "--resume"]
+    run_cdino(args(tmp_path / "ref"), 1)
+    killed = run_cdino(args(tmp_path / "mixed"), 2, check=False, CDINO_FAULT="step:6@1")
+    assert killed.returncode != 0
+    run_cdino(args(tmp_path / "mixed"), 1)
+    log = (tmp_path / "mixed" / "train.log").read_text()
+    assert "resumed from" in log
+    from safetensors.numpy import load_file
+
+    a = load_file(str(tmp_path / "ref" / "model" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "mixed" / "model" / "encoder.safetensors"))
+    # Weights agree; BatchNorm running statistics are updated once per micro-batch, i.e.
+    # twice a step on 1 rank (accumulation) and once on each of 2 ranks, so they are not
+    # compared (they only feed evaluation, and are re-estimated every step anyway).
+    weights = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(weights) > 20
+    for k in weights:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-4, err_msg=k)
