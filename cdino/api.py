@@ -5,11 +5,14 @@
     s = model.score("a.wav", "b.wav")              # cosine after subtracting the training mean
     s = model.score(wave_a, wave_b, sample_rate=8000)  # arrays need their rate
     score, same = model.verify("a.wav", "b.wav")   # same = score >= model.threshold
+    s = model.score(["a1.wav", "a2.wav"], "b.wav")  # several enrolment recordings
+    llr = model.llr("a.wav", "b.wav")              # calibrated log-likelihood ratio
 
 A model folder (see ``docs/model_folder.md``) holds ``config.yaml`` (format version,
 encoder and fbank settings, threshold and how it was set), ``encoder.safetensors``
-(weights, loaded without executing code) and ``mean.npy`` (training mean embedding).
-This module also holds the functions behind ``cdino eval|verify|score|embed|export``.
+(weights, loaded without executing code), ``mean.npy`` (training mean embedding) and,
+optionally, ``calibration.json`` (cosine score -> LLR, :mod:`cdino.eval.calibration`).
+This module also holds the functions behind ``cdino eval|verify|score|embed|export|calibrate``.
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ from torch import nn
 from cdino import __version__
 from cdino.config import from_dict, to_dict
 from cdino.data.audio import load_audio, resample
-from cdino.data.kaldi_dir import DataDir, read_trials
+from cdino.data.kaldi_dir import DataDir, EnrollMap, Trials, read_enroll_map, read_trials
 from cdino.errors import AudioError, ConfigError, DataError, ModelFormatError
 from cdino.eval.embed import (DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, MIN_FRAMES, embed_waves,
                               extract_embeddings, load_embeddings, num_frames)
-from cdino.eval.verification import ASNormConfig, score_trials
+from cdino.eval.calibration import (CALIBRATION_FILE, DEFAULT_PRIOR, Calibration, calibration_text,
+                                    fit_calibration, read_calibration, write_calibration)
+from cdino.eval.verification import ASNormConfig, average_enrolment, score_enrolled_trials, score_trials
 from cdino.frontend.fbank import Fbank, FbankConfig
-from cdino.metrics import eer, min_dcf, small_trial_list_warning
+from cdino.metrics import act_dcf, bayes_threshold, cllr, eer, min_cllr, min_dcf, small_trial_list_warning
 from cdino.models.registry import EncoderConfig, build_encoder
 
 FORMAT_VERSION = 1
@@ -51,6 +56,13 @@ MEAN_FILE = "mean.npy"
 
 PathLike = str | os.PathLike
 Audio = PathLike | np.ndarray | torch.Tensor
+#: One side of a trial: a recording, or a list/tuple of recordings (an enrolment of several).
+Side = Audio | Sequence[Audio]
+
+#: The prior ``cdino verify`` decides for with a calibrated model unless ``--prior`` is given:
+#: equal odds, so the Bayes threshold is ``llr >= 0`` (the fewest errors when same and
+#: different speakers are equally likely).
+VERIFY_PRIOR = 0.5
 
 
 @dataclass
@@ -100,8 +112,10 @@ def _share_modes(folder: Path) -> None:
 
 def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderConfig,
                       fbank_cfg: FbankConfig, mean: np.ndarray, threshold: float,
-                      threshold_source: str, info: dict | None = None) -> Path:
-    """Write a model folder atomically (a complete folder or none at ``path``); returns ``path``."""
+                      threshold_source: str, info: dict | None = None,
+                      calibration: Calibration | None = None) -> Path:
+    """Write a model folder atomically (a complete folder or none at ``path``); returns ``path``.
+    ``calibration`` (optional) is written as ``calibration.json``."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -127,6 +141,8 @@ def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderCo
         save_file(_encoder_state(encoder), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         with open(tmp / MEAN_FILE, "wb") as f:
             np.save(f, mean, allow_pickle=False)
+        if calibration is not None:
+            (tmp / CALIBRATION_FILE).write_text(calibration_text(calibration.check(str(path / CALIBRATION_FILE))))
         _share_modes(tmp)
         old = None
         if path.exists():
@@ -233,13 +249,15 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 
 def load_model(path: PathLike, device: str | torch.device = "cpu",
-               optimize: bool = False) -> "SpeakerModel":
+               optimize: bool | str = False) -> "SpeakerModel":
     """Load a model folder (see ``docs/model_folder.md``); weights are read without running code.
 
     ``device`` is a torch device name or ``"auto"`` (CUDA when present, else CPU); ``"cuda"``
     on a machine without CUDA raises :class:`ConfigError` (see :func:`resolve_device`).
     ``optimize`` swaps in :func:`cdino.models.inference.optimize_for_inference` (BatchNorm
-    folded, TorchScript-frozen): faster, embeddings equal up to float rounding.
+    folded, TorchScript-frozen): faster, embeddings equal up to float rounding; a string
+    (``"fp32"``, ``"bf16"``, ``"auto"``) names its precision (``True``: ``"auto"``, bf16 on
+    CPUs with native bf16 units).
     """
     device = resolve_device(device)
     folder = Path(path)
@@ -257,12 +275,14 @@ def load_model(path: PathLike, device: str | torch.device = "cpu",
     mean = _load_mean(folder / MEAN_FILE, embed_dim)
     if not math.isfinite(config.threshold):
         raise ModelFormatError(f"{folder / CONFIG_FILE}: threshold must be a finite number")
+    calibration = read_calibration(folder / CALIBRATION_FILE)  # None: an uncalibrated (older) folder
     encoder = encoder.to(torch.device(device)).eval()
     if optimize:
         from cdino.models.inference import optimize_for_inference
 
-        encoder = optimize_for_inference(encoder, n_mels=config.encoder.n_mels)
-    return SpeakerModel(encoder, config, mean, device=device, path=folder)
+        encoder = optimize_for_inference(encoder, n_mels=config.encoder.n_mels,
+                                         precision=optimize if isinstance(optimize, str) else "auto")
+    return SpeakerModel(encoder, config, mean, device=device, path=folder, calibration=calibration)
 
 
 # ---------------------------------------------------------------------------
@@ -330,11 +350,14 @@ class SpeakerModel:
     """A trained speaker-embedding extractor with its fbank front end, mean and threshold.
 
     Attributes: ``encoder`` (eval mode), ``fbank``, ``mean`` (float32 (D,)), ``threshold``,
-    ``threshold_source``, ``embed_dim``, ``device``, ``config`` (:class:`ModelFolderConfig`).
+    ``threshold_source``, ``embed_dim``, ``device``, ``config`` (:class:`ModelFolderConfig`),
+    ``calibration`` (:class:`~cdino.eval.calibration.Calibration`, or ``None`` for a folder
+    without ``calibration.json``).
     """
 
     def __init__(self, encoder: nn.Module, config: ModelFolderConfig, mean: np.ndarray,
-                 device: str | torch.device = "cpu", path: Path | None = None) -> None:
+                 device: str | torch.device = "cpu", path: Path | None = None,
+                 calibration: Calibration | None = None) -> None:
         self.device = torch.device(device)
         self.config = config
         self.encoder = encoder.to(self.device).eval()
@@ -346,6 +369,7 @@ class SpeakerModel:
         self.sample_rate = int(config.fbank.sample_rate)
         self.min_samples = _min_samples(self.fbank)  # shortest wave (model rate) that gets an embedding
         self.path = path
+        self.calibration = calibration
 
     def __repr__(self) -> str:
         return (f"SpeakerModel({self.config.encoder.name}, {self.embed_dim}-d, "
@@ -434,23 +458,56 @@ class SpeakerModel:
                              f"{self.embed_dim} is taken as an embedding")
         return self.embed(arr, sample_rate).astype(np.float64)
 
-    def score(self, a: Audio, b: Audio, sample_rate: int | None = None) -> float:
+    def _side(self, x: Side, sample_rate: int | None) -> np.ndarray:
+        """One side of a trial as a float64 vector: the mean-subtracted embedding of one
+        recording, or for a list/tuple of recordings :func:`average_enrolment` of theirs."""
+        if isinstance(x, (list, tuple)):
+            if not x:
+                raise ValueError("an enrolment list needs at least one recording")
+            embs = np.stack([self._as_embedding(item, sample_rate) for item in x])
+            return average_enrolment(embs, self.mean).astype(np.float64)
+        return self._as_embedding(x, sample_rate) - self.mean
+
+    def score(self, a: Side, b: Side, sample_rate: int | None = None) -> float:
         """Cosine similarity of two recordings after subtracting the training mean embedding.
 
         ``a`` and ``b`` are each a path, a 1-D waveform array at ``sample_rate`` Hz (required
         for arrays, as in :meth:`embed`), or an embedding (a 1-D array of length D, recognised
         by its length). Scores lie in [-1, 1] and match ``cdino eval``'s scoring.
+
+        Either side may be a list (or tuple) of such recordings, e.g. several enrolment
+        utterances of one speaker: that side is then the mean of their embeddings, each
+        mean-subtracted and L2-normalised first (:func:`cdino.eval.verification.average_enrolment`),
+        and the score its cosine with the other side, as ``cdino eval --enroll`` scores.
         """
-        ea = self._as_embedding(a, sample_rate) - self.mean
-        eb = self._as_embedding(b, sample_rate) - self.mean
+        ea = self._side(a, sample_rate)
+        eb = self._side(b, sample_rate)
         denom = max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12)
         return float(np.clip(np.dot(ea, eb) / denom, -1.0, 1.0))
 
-    def verify(self, a: Audio, b: Audio, sample_rate: int | None = None) -> tuple[float, bool]:
-        """``(score, same_speaker)``: same when the score reaches :attr:`threshold`; inputs as
-        in :meth:`score`."""
+    def _need_calibration(self) -> Calibration:
+        if self.calibration is None:
+            where = self.path if self.path is not None else "this model"
+            raise ModelFormatError(f"{where}: no calibration ({CALIBRATION_FILE}); fit one with "
+                                   "'cdino calibrate --model M --data DIR --trials T'")
+        return self.calibration
+
+    def llr(self, a: Side, b: Side, sample_rate: int | None = None) -> float:
+        """Log-likelihood ratio of a trial: the model's calibration (``calibration.json``)
+        applied to :meth:`score` (inputs as there). A model folder without a calibration
+        raises :class:`ModelFormatError`."""
+        cal = self._need_calibration()
+        return float(cal.llr(self.score(a, b, sample_rate)))
+
+    def verify(self, a: Side, b: Side, sample_rate: int | None = None,
+               prior: float | None = None) -> tuple[float, bool]:
+        """``(score, same_speaker)``; inputs as in :meth:`score`. Same when the score reaches
+        :attr:`threshold`, or, with ``prior`` (the probability of *same* before listening),
+        when the calibrated LLR reaches the Bayes threshold ``-logit(prior)``."""
         s = self.score(a, b, sample_rate)
-        return s, s >= self.threshold
+        if prior is None:
+            return s, s >= self.threshold
+        return s, bool(self._need_calibration().llr(s) >= bayes_threshold(prior))
 
     def with_threshold(self, threshold: float) -> "SpeakerModel":
         """A copy (sharing the encoder) that decides with another threshold."""
@@ -478,8 +535,12 @@ def onnx_metadata(model: "SpeakerModel") -> dict[str, str]:
             "cdino.fbank": json.dumps(to_dict(model.config.fbank)),
             "cdino.encoder": json.dumps(to_dict(model.config.encoder)),
             "cdino.embed_dim": json.dumps(int(model.embed_dim)),
+            "cdino.calibration": json.dumps(None if model.calibration is None else
+                                            {"a": model.calibration.a, "b": model.calibration.b,
+                                             "prior": model.calibration.prior}),
             "cdino.scoring": json.dumps("cosine of embs after subtracting cdino.mean; same speaker "
-                                        "when the score >= cdino.threshold")}
+                                        "when the score >= cdino.threshold; llr = a * score + b "
+                                        "by cdino.calibration (when not null)")}
 
 
 def _add_onnx_metadata(path: Path, model: "SpeakerModel") -> None:
@@ -566,17 +627,75 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _trial_inputs(data_dir: PathLike, trials_path: PathLike, enroll: PathLike | None
+                  ) -> tuple[DataDir, Trials, EnrollMap | None, set[str]]:
+    """Data folder, trials and enrolment map, checked against each other before any embedding
+    work (errors name the file and line); also the utterances to embed."""
+    data = DataDir.load(data_dir)
+    trials = read_trials(trials_path)
+    known = set(data.utts)
+    if enroll is None:
+        trials.check_utts(known, data_dir)
+        return data, trials, None, set(trials.enroll) | set(trials.test)
+    emap = read_enroll_map(enroll)
+    emap.check_trials(trials, known, data_dir)
+    used = list(dict.fromkeys(trials.enroll))
+    emap.check_utts(known, data_dir, used=used)
+    return data, trials, emap, set(trials.test) | {u for e in used for u in emap.utts[e]}
+
+
+def _score_trial_list(emb: np.ndarray, utts: list[str], trials: Trials, emap: EnrollMap | None,
+                      mean: np.ndarray, asnorm: ASNormConfig | None = None,
+                      cohort: np.ndarray | None = None) -> np.ndarray:
+    """Scores of ``trials`` (enrolments of ``emap`` when given) as ``cdino eval`` scores them."""
+    utt_index = {u: i for i, u in enumerate(utts)}
+    if emap is None:
+        scores = score_trials(emb, utt_index, trials, mean=mean, asnorm=asnorm, cohort=cohort)
+    else:
+        scores = score_enrolled_trials(emb, utt_index, trials, emap.utts, mean=mean, asnorm=asnorm,
+                                       cohort=cohort)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def calibration_metrics(scores: np.ndarray, labels: np.ndarray, calibration: Calibration | None,
+                        asnorm: bool = False) -> tuple[dict, str | None]:
+    """``cllr``, ``min_cllr``, ``actdcf_0.01`` and ``actdcf_0.05`` of scored trials, and a note
+    when some could not be computed. ``min_cllr`` needs no calibration (it is the Cllr after
+    the best monotone map of the scores); ``cllr`` and ``actdcf_*`` are those of the model's
+    calibrated LLRs, ``None`` without a calibration or for AS-norm scores (the calibration
+    maps plain cosine scores)."""
+    out: dict = {"cllr": None, "min_cllr": float(min_cllr(scores, labels)),
+                 "actdcf_0.01": None, "actdcf_0.05": None}
+    if asnorm and calibration is not None:
+        return out, "Cllr/actDCF not computed: the calibration maps cosine scores, not AS-norm scores"
+    if calibration is None:
+        return out, (f"Cllr/actDCF not computed: the model has no calibration ({CALIBRATION_FILE}; "
+                     "cdino calibrate fits one)")
+    llr = calibration.llr(scores)
+    out["cllr"] = float(cllr(llr, labels))
+    out["actdcf_0.01"] = float(act_dcf(llr, labels, 0.01))
+    out["actdcf_0.05"] = float(act_dcf(llr, labels, 0.05))
+    return out, None
+
+
 def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, json_out: PathLike,
              scores_out: PathLike | None = None, plots_dir: PathLike | None = None,
              asnorm_top_n: int | None = None, cohort: PathLike | None = None,
              device: str = "cpu", batch_seconds: float = DEFAULT_BATCH_FRAMES / 100,
              progress: bool = True, optimize: bool = False, label: str | None = None,
-             distributed: bool = False, num_workers: int = 0) -> dict:
+             distributed: bool = False, num_workers: int = 0,
+             enroll: PathLike | None = None) -> dict:
     """``cdino eval``: embed the trial utterances whole, score by cosine after subtracting the
     model's training mean (optionally AS-norm against ``cohort``, an embeddings folder),
-    print EER and minDCF (prefixed ``[label]`` when given, e.g. the recipe stage), write them
-    (as fractions) to ``json_out``. A trial list too small for a meaningful EER is warned
-    about on stderr (:func:`cdino.metrics.small_trial_list_warning`).
+    print EER and minDCF (prefixed ``[label]`` when given, e.g. the recipe stage), and on a
+    second line Cllr, minCllr and actDCF (:func:`calibration_metrics`); write them all (as
+    fractions; ``null`` for what could not be computed) to ``json_out``. A trial list too
+    small for a meaningful EER is warned about on stderr
+    (:func:`cdino.metrics.small_trial_list_warning`).
+
+    ``enroll``: an enrolment map (``enroll_id utt1 utt2 ...`` lines); the trials then name
+    ``enroll_id test_utt`` and each enrolment is scored as the mean of its utterances'
+    normalised embeddings (:func:`cdino.eval.verification.score_enrolled_trials`).
 
     ``optimize`` (off by default, so the scores equal those of the eager encoder that the
     recipe evaluates) uses the faster inference rewrite of the encoder.
@@ -587,11 +706,8 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
     if asnorm_top_n is not None and cohort is None:
         raise ConfigError("AS-norm needs a cohort: an embeddings folder of unlabelled training "
                           "utterances (cdino embed)")
-    data = DataDir.load(data_dir)
-    trials = read_trials(trials_path)
-    trials.check_utts(set(data.utts), data_dir)  # before any embedding work
+    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll)  # before any embedding
     model = load_model(model_dir, device=device, optimize=optimize)
-    needed = set(trials.enroll) | set(trials.test)
     utts = [u for u in data.utts if u in needed]
     utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
                                    batch_frames=_batch_frames(model, batch_seconds),
@@ -599,7 +715,6 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
                                    num_workers=num_workers, desc="embedding test utterances")
     if distributed and _rank() != 0:
         return {}
-    utt_index = {u: i for i, u in enumerate(utts)}
     asnorm = cohort_emb = None
     if asnorm_top_n is not None:
         asnorm = ASNormConfig(top_n=int(asnorm_top_n))
@@ -607,17 +722,25 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
         if cohort_emb.shape[1] != emb.shape[1]:
             raise DataError(f"{cohort}: cohort embeddings are {cohort_emb.shape[1]}-d, "
                             f"the model's are {emb.shape[1]}-d")
-    scores = np.asarray(score_trials(emb, utt_index, trials, mean=model.mean, asnorm=asnorm,
-                                     cohort=cohort_emb), dtype=np.float64)
+    scores = _score_trial_list(emb, utts, trials, emap, model.mean, asnorm=asnorm, cohort=cohort_emb)
     labels = np.asarray(trials.labels)
     _warn(small_trial_list_warning(labels), where=trials_path)
+    cal_metrics, cal_note = calibration_metrics(scores, labels, model.calibration,
+                                                asnorm=asnorm is not None)
     result = {"eer": float(eer(scores, labels)),
               "mindcf_0.01": float(min_dcf(scores, labels, 0.01)),
               "mindcf_0.05": float(min_dcf(scores, labels, 0.05)),
+              **cal_metrics,
               "n_trials": int(len(scores))}
-    print(f"{f'[{label}] ' if label else ''}EER {100 * result['eer']:.2f} %  "
+    prefix = f"[{label}] " if label else ""
+    print(f"{prefix}EER {100 * result['eer']:.2f} %  "
           f"minDCF(0.01) {result['mindcf_0.01']:.3f}  "
           f"minDCF(0.05) {result['mindcf_0.05']:.3f}  ({result['n_trials']} trials)")
+    if cal_note is None:
+        print(f"{prefix}Cllr {result['cllr']:.3f}  minCllr {result['min_cllr']:.3f}  "
+              f"actDCF(0.01) {result['actdcf_0.01']:.3f}  actDCF(0.05) {result['actdcf_0.05']:.3f}")
+    else:
+        print(f"{prefix}minCllr {result['min_cllr']:.3f}  ({cal_note})")
     _atomic_write(Path(json_out), json.dumps(result, indent=2) + "\n")
     if scores_out is not None:
         lines = "".join(f"{e} {t} {s:.6f}\n" for e, t, s in zip(trials.enroll, trials.test, scores))
@@ -634,28 +757,100 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
     return result
 
 
-def run_verify(model_dir: PathLike, a: PathLike, b: PathLike, threshold: float | None = None,
-               device: str = "cpu", optimize: bool = True, as_json: bool = False) -> str:
+def run_verify(model_dir: PathLike, a: PathLike | Sequence[PathLike], b: PathLike,
+               threshold: float | None = None, device: str = "cpu", optimize: bool = True,
+               as_json: bool = False, prior: float | None = None) -> str:
     """``cdino verify``: print (once) and return ``score=<f> threshold=<f> decision=same|different``,
-    or with ``as_json`` a one-line JSON object ``{"score", "threshold", "decision", "warnings",
-    "a", "b"}``. A clip too short for an embedding raises :class:`AudioError` naming it; a
-    clip under ``MIN_VERIFY_SECONDS`` or mostly silence gets a ``warning:`` line on stderr."""
+    followed by `` llr=<f> prior=<p>`` for a calibrated model, or with ``as_json`` a one-line
+    JSON object ``{"score", "threshold", "decision", "llr", "prior", "warnings", "a", "b"}``.
+
+    ``a`` is one enrolment file or a list of them (scored as in :meth:`SpeakerModel.score`).
+    The decision: with ``threshold``, ``score >= threshold``; else, for a calibrated model,
+    the Bayes decision ``llr >= -logit(prior)`` (``prior`` defaults to ``VERIFY_PRIOR``,
+    0.5), printed as the equivalent cosine ``threshold``; else ``score >=`` the model's
+    threshold (``llr``/``prior`` are then left out of the line, ``null`` in JSON).
+    A clip too short for an embedding raises :class:`AudioError` naming it; a clip under
+    ``MIN_VERIFY_SECONDS`` or mostly silence gets a ``warning:`` line on stderr."""
+    if threshold is not None and prior is not None:
+        raise ConfigError("give --threshold (decide on the cosine score) or --prior (decide on the "
+                          "calibrated LLR), not both")
+    if prior is not None and not 0.0 < prior < 1.0:
+        raise ConfigError(f"--prior must lie strictly between 0 and 1, got {prior}")
     model = load_model(model_dir, device=device, optimize=optimize)
-    if threshold is not None:
-        model = model.with_threshold(threshold)
-    waves = [model.check_length(model._wave(p, None), str(p)) for p in (a, b)]
-    notes = [n for p, w in zip((a, b), waves) for n in clip_warnings(w, model.sample_rate, str(p))]
+    cal = model.calibration
+    if prior is not None and cal is None:
+        raise ConfigError(f"{model_dir}: --prior needs a calibrated model ({CALIBRATION_FILE}); "
+                          "fit one with cdino calibrate, or decide with --threshold")
+    enroll = list(a) if isinstance(a, (list, tuple)) else [a]
+    if not enroll:
+        raise ConfigError("verify needs at least one enrolment file")
+    paths = [*enroll, b]
+    waves = [model.check_length(model._wave(p, None), str(p)) for p in paths]
+    notes = [n for p, w in zip(paths, waves) for n in clip_warnings(w, model.sample_rate, str(p))]
     for note in notes:
         _warn(note)
-    score, same = model.verify(*(model.embed(w, model.sample_rate) for w in waves))
+    embs = [model.embed(w, model.sample_rate) for w in waves]
+    score = model.score(embs[:-1] if len(embs) > 2 else embs[0], embs[-1])
+    llr = used_prior = None
+    if cal is not None:
+        llr = float(cal.llr(score))
+    if threshold is not None:
+        shown, same = float(threshold), score >= float(threshold)
+    elif cal is not None:
+        used_prior = VERIFY_PRIOR if prior is None else float(prior)
+        shown, same = cal.score_threshold(used_prior), llr >= bayes_threshold(used_prior)
+    else:
+        shown, same = model.threshold, score >= model.threshold
     decision = "same" if same else "different"
     if as_json:
-        line = json.dumps({"score": score, "threshold": model.threshold, "decision": decision,
-                           "warnings": notes, "a": str(a), "b": str(b)})
+        line = json.dumps({"score": score, "threshold": shown, "decision": decision, "llr": llr,
+                           "prior": used_prior, "warnings": notes,
+                           "a": [str(p) for p in enroll] if isinstance(a, (list, tuple)) else str(a),
+                           "b": str(b)})
     else:
-        line = f"score={score:.6f} threshold={model.threshold:.6f} decision={decision}"
+        line = f"score={score:.6f} threshold={shown:.6f} decision={decision}"
+        if llr is not None:
+            line += f" llr={llr:.6f}"
+        if used_prior is not None:
+            line += f" prior={used_prior:g}"
     print(line)
     return line
+
+
+def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike,
+                  prior: float = DEFAULT_PRIOR, enroll: PathLike | None = None, device: str = "cpu",
+                  batch_seconds: float = DEFAULT_BATCH_FRAMES / 100, progress: bool = True,
+                  num_workers: int = 0) -> Calibration:
+    """``cdino calibrate``: (re)fit the model folder's calibration from a labelled development
+    trial list (scored exactly as ``cdino eval`` scores, without AS-norm; ``enroll`` as
+    there), at the effective ``prior``, and write it into the folder as ``calibration.json``
+    (atomically: the old file stays until the new one is complete). Prints the fit and its
+    Cllr on those trials; returns it."""
+    if not 0.0 < prior < 1.0:
+        raise ConfigError(f"--prior must lie strictly between 0 and 1, got {prior}")
+    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll)
+    model = load_model(model_dir, device=device)
+    utts = [u for u in data.utts if u in needed]
+    utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
+                                   batch_frames=_batch_frames(model, batch_seconds),
+                                   progress=progress, num_workers=num_workers,
+                                   desc="embedding calibration trials")
+    scores = _score_trial_list(emb, utts, trials, emap, model.mean)
+    labels = np.asarray(trials.labels)
+    _warn(small_trial_list_warning(labels), where=trials_path)
+    if labels.min() == labels.max():
+        raise DataError(f"{trials_path}: calibration needs target and non-target trials; all "
+                        f"{len(labels)} are {'target' if labels[0] else 'non-target'}")
+    try:
+        cal = fit_calibration(scores, labels, prior=prior,
+                              source=f"fitted on {len(labels)} labelled trials of {trials_path}")
+    except ValueError as exc:
+        raise DataError(f"{trials_path}: {exc}") from None
+    path = write_calibration(Path(model_dir) / CALIBRATION_FILE, cal)
+    llr = cal.llr(scores)
+    print(f"wrote {path}: {cal.describe()}; on these trials Cllr {cllr(llr, labels):.3f}, "
+          f"minCllr {min_cllr(scores, labels):.3f}")
+    return cal
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export / run / demo.
+"""The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export /
+calibrate / run / demo.
 
 User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2.
 """
@@ -107,16 +108,23 @@ def cmd_train(args) -> int:
                                                on_round=on_round)
         model = Path(args.out) / f"round{len(summaries)}" / "model"
         final = Path(args.out) / "model"
-        if model.is_dir():
-            import shutil
+        from cdino.train.distributed import barrier, is_main
 
-            tmp = final.with_name("model.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(model, tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+        if model.is_dir():
+            if is_main():  # one writer under torchrun
+                import shutil
+
+                tmp = final.with_name("model.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(model, tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
+            barrier()
             model = final
-    print(f"model folder: {model}")
+    from cdino.train.distributed import is_main
+
+    if is_main():
+        print(f"model folder: {model}")
     return 0
 
 
@@ -156,15 +164,33 @@ def cmd_eval(args) -> int:
     device, distributed = _ranks(args.device)
     run_eval(args.model, args.data, args.trials, args.json, scores_out=args.scores,
              plots_dir=args.plots, asnorm_top_n=args.asnorm, cohort=args.cohort,
-             device=device, distributed=distributed, num_workers=args.workers)
+             device=device, distributed=distributed, num_workers=args.workers, enroll=args.enroll)
     return 0
 
 
 def cmd_verify(args) -> int:
     from cdino.api import run_verify
 
-    run_verify(args.model, args.a, args.b, threshold=args.threshold, device=_device(args.device),
-               as_json=args.json)  # prints its line (or JSON) itself
+    if args.enroll is not None or args.test is not None:
+        if args.files or args.enroll is None or args.test is None:
+            raise_error("verify takes either two files (cdino verify --model M a.wav b.wav) or "
+                        "--enroll FILE... --test FILE, not a mix")
+        enroll, test = (args.enroll if len(args.enroll) > 1 else args.enroll[0]), args.test
+    elif len(args.files) == 2:
+        enroll, test = args.files
+    else:
+        raise_error(f"verify takes two audio files (or --enroll FILE... --test FILE), got "
+                    f"{len(args.files)}")
+    run_verify(args.model, enroll, test, threshold=args.threshold, device=_device(args.device),
+               as_json=args.json, prior=args.prior)  # prints its line (or JSON) itself
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from cdino.api import run_calibrate
+
+    run_calibrate(args.model, args.data, args.trials, prior=args.prior, enroll=args.enroll,
+                  device=_device(args.device), num_workers=args.workers)
     return 0
 
 
@@ -289,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", help="also write DET and score-histogram plots into this folder")
     s.add_argument("--asnorm", type=int, metavar="TOP_N", help="AS-norm with this cohort top-N")
     s.add_argument("--cohort", help="embedding folder of unlabelled training utterances for AS-norm")
+    s.add_argument("--enroll", metavar="MAP",
+                   help="enrolment map, 'enroll_id utt1 utt2 ...' lines: the trials then name "
+                        "'enroll_id test_utt' and each enrolment is the mean of its utterances' "
+                        "normalised embeddings")
     s.add_argument("--workers", type=int, default=2, metavar="N",
                    help="DataLoader workers reading audio ahead (0: two reader threads)")
     s.add_argument("--device", default="auto", help=device_help)
@@ -296,13 +326,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="score two audio files and decide same/different speaker")
     s.add_argument("--model", required=True, help="model folder (EXP/model)")
-    s.add_argument("--threshold", type=float, help="override the model folder's threshold")
+    s.add_argument("--threshold", type=float,
+                   help="decide on the cosine score at this threshold instead of the model's")
+    s.add_argument("--prior", type=float,
+                   help="calibrated models: decide llr >= -logit(PRIOR), PRIOR the probability of "
+                        "'same' before listening (default 0.5, i.e. llr >= 0)")
     s.add_argument("--json", action="store_true",
-                   help="print a JSON object (score, threshold, decision, warnings) instead of the line")
+                   help="print a JSON object (score, threshold, decision, llr, prior, warnings) "
+                        "instead of the line")
+    s.add_argument("--enroll", nargs="+", metavar="FILE",
+                   help="several enrolment files of one speaker (with --test instead of two files): "
+                        "scored as the mean of their normalised embeddings")
+    s.add_argument("--test", metavar="FILE", help="the test file, with --enroll")
     s.add_argument("--device", default="auto", help=device_help)
-    s.add_argument("a", help="first audio file (wav/flac/ogg; any rate, mixed down to mono)")
-    s.add_argument("b", help="second audio file")
+    s.add_argument("files", nargs="*", metavar="FILE",
+                   help="two audio files, a.wav b.wav (wav/flac/ogg/m4a; any rate, mixed down to mono)")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("calibrate", help="fit the model's score calibration (cosine -> LLR) from "
+                                         "labelled development trials")
+    s.add_argument("--model", required=True, help="model folder (EXP/model); calibration.json is "
+                                                  "written into it")
+    s.add_argument("--data", required=True, help="data folder (wav.scp) holding the trial utterances")
+    s.add_argument("--trials", required=True,
+                   help="labelled development trials: 'enroll test target|nontarget' or '1|0 enroll "
+                        "test' lines (never the test list you report on)")
+    s.add_argument("--enroll", metavar="MAP", help="enrolment map, as for cdino eval --enroll")
+    s.add_argument("--prior", type=float, default=0.5,
+                   help="effective target prior the fit weights the trials with (default 0.5)")
+    s.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="DataLoader workers reading audio ahead (0: two reader threads)")
+    s.add_argument("--device", default="auto", help=device_help)
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("score", help="score unlabelled pairs: 'enroll test score decision' lines")
     s.add_argument("--model", required=True, help="model folder (EXP/model)")

@@ -17,6 +17,21 @@ computed in O(n log n) by one sort.
   ``min(c_miss·p, c_fa·(1-p))`` (the cost of the better trivial system), minimised over
   every threshold including accept-all and reject-all.
 
+Calibration: a *log-likelihood ratio* (LLR) ``llr = log p(score | target) / p(score |
+non-target)`` is a score meant to be used as such (``cdino.eval.calibration`` maps cosine
+scores to LLRs).
+
+- :func:`cllr` — the cost of LLRs, ``(mean_tar log2(1 + e^-llr) + mean_non log2(1 + e^llr)) / 2``:
+  0 for perfect, confident LLRs; 1 for the uninformative ``llr = 0``; above 1 for LLRs
+  worse than saying nothing.
+- :func:`min_cllr` — the Cllr after the best monotone (order-keeping) map of the scores to
+  LLRs, found by the pool-adjacent-violators algorithm (:func:`pav_llr`): what is left
+  when miscalibration is taken away. ``cllr(llr) - min_cllr(llr)`` is the calibration loss.
+- :func:`act_dcf` — the normalised detection cost (as :func:`min_dcf`) of deciding *at
+  the Bayes threshold* ``llr >= log(c_fa·(1-p) / (c_miss·p))`` (:func:`bayes_threshold`;
+  ``-logit(p)`` for unit costs) instead of at the best threshold for the trials; it
+  equals ``min_dcf`` only for well calibrated LLRs.
+
 Clustering (against true labels, as a diagnostic): :func:`nmi` (arithmetic-mean
 normalisation) and :func:`purity`. Rates are fractions (0.0123 = 1.23 %).
 
@@ -33,6 +48,11 @@ __all__ = [
     "eer",
     "eer_threshold",
     "min_dcf",
+    "bayes_threshold",
+    "act_dcf",
+    "cllr",
+    "min_cllr",
+    "pav_llr",
     "small_trial_list_warning",
     "det_curve",
     "bootstrap_eer",
@@ -120,16 +140,88 @@ def eer_threshold(scores, labels) -> float:
 
 def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """Minimum normalised detection cost over every threshold (incl. accept/reject-all)."""
-    if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1); got {p_target}")
-    if c_miss <= 0 or c_fa <= 0:
-        raise ValueError(f"c_miss and c_fa must be positive; got {c_miss}, {c_fa}")
+    _check_dcf_args(p_target, c_miss, c_fa)
     s, lab = _check_trials(scores, labels)
     p_miss, p_fa, _ = _operating_points(s, lab)
     p_miss = np.r_[p_miss, 1.0]  # reject-all
     p_fa = np.r_[p_fa, 0.0]
     cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def _check_dcf_args(p_target: float, c_miss: float, c_fa: float) -> None:
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must lie in (0, 1); got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be positive; got {c_miss}, {c_fa}")
+
+
+def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR at or above which the Bayes decision (least expected cost) is *target*:
+    ``log(c_fa·(1-p) / (c_miss·p))``, i.e. ``-logit(p)`` for unit costs (0 at p = 0.5)."""
+    _check_dcf_args(p_target, c_miss, c_fa)
+    return float(np.log(c_fa * (1.0 - p_target)) - np.log(c_miss * p_target))
+
+
+def act_dcf(llr, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Actual normalised detection cost of LLRs: trials with ``llr >= bayes_threshold(p)``
+    are accepted; cost normalised as in :func:`min_dcf` (so ``act_dcf >= min_dcf``)."""
+    _check_dcf_args(p_target, c_miss, c_fa)
+    s, lab = _check_trials(llr, labels)
+    accept = s >= bayes_threshold(p_target, c_miss, c_fa)
+    p_miss = float(np.mean(~accept[lab]))
+    p_fa = float(np.mean(accept[~lab]))
+    cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
+    return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def cllr(llr, labels) -> float:
+    """Cost of log-likelihood ratios (bits): ``(mean over targets of log2(1 + e^-llr) +
+    mean over non-targets of log2(1 + e^llr)) / 2``. Infinite LLRs are allowed (a wrong
+    infinite one costs ``inf``)."""
+    s, lab = _check_trials(llr, labels)
+    c_tar = float(np.mean(np.logaddexp(0.0, -s[lab])))
+    c_non = float(np.mean(np.logaddexp(0.0, s[~lab])))
+    return (c_tar + c_non) / (2.0 * np.log(2.0))
+
+
+def pav_llr(scores, labels) -> np.ndarray:
+    """The best order-keeping map of ``scores`` to LLRs for these trials (float64, in trial
+    order; may hold ``±inf``): pool-adjacent-violators isotonic regression of the labels on
+    the scores gives a non-decreasing target posterior ``q`` per score (equal scores are
+    pooled first, so they share one value), and ``llr = logit(q) - log(n_tar / n_non)``
+    removes the trials' own prior. It minimises :func:`cllr` over all monotone maps."""
+    s, lab = _check_trials(scores, labels)
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    group_tar = np.add.reduceat(lab[order].astype(np.int64), starts)
+    group_n = np.diff(np.r_[starts, s.size])
+    # PAV on the groups: a stack of blocks (targets, trials, groups), means strictly rising.
+    b_tar: list[int] = []
+    b_n: list[int] = []
+    b_groups: list[int] = []
+    for t, n in zip(group_tar.tolist(), group_n.tolist()):
+        g = 1
+        while b_tar and b_tar[-1] * n >= t * b_n[-1]:  # previous mean >= this one: pool
+            t += b_tar.pop()
+            n += b_n.pop()
+            g += b_groups.pop()
+        b_tar.append(t)
+        b_n.append(n)
+        b_groups.append(g)
+    q_group = np.repeat(np.asarray(b_tar, np.float64) / np.asarray(b_n, np.float64), b_groups)
+    q = np.empty(s.size, dtype=np.float64)
+    q[order] = np.repeat(q_group, group_n)
+    n_tar = int(lab.sum())
+    with np.errstate(divide="ignore"):
+        return np.log(q) - np.log1p(-q) - (np.log(n_tar) - np.log(s.size - n_tar))
+
+
+def min_cllr(scores, labels) -> float:
+    """:func:`cllr` after the best monotone map of the scores to LLRs (:func:`pav_llr`): the
+    Cllr a perfectly calibrated version of these scores would have on these trials."""
+    return cllr(pav_llr(scores, labels), labels)
 
 
 #: Fewer target or non-target trials than this make an EER / minDCF too coarse to trust.

@@ -230,7 +230,7 @@ class Pipeline:
             edir.mkdir(parents=True, exist_ok=True)
         res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
                        scores_out=edir / "scores.txt", progress=False, label=name,
-                       device=str(resolve_device(cfg.trainer.device)), distributed=True,
+                       device=str(resolve_device(cfg.trainer.device)), distributed=True, optimize="fp32",
                        num_workers=cfg.data.num_workers)
         return dict(res)
 

@@ -83,3 +83,27 @@ def write_trials_for(data_dir: Path, path: Path, n: int = 60, seed: int = 0) -> 
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return write_speaker_dir(tmp_path / "train", n_speakers=4, utts_per_speaker=6, seconds=1.5)
+
+
+def write_m4a(path: Path, wave: np.ndarray, rate: int = 16000, bit_rate: int = 64000) -> Path:
+    """Encode ``wave`` ((samples,) mono or (channels, samples)) as AAC in an .m4a (MP4)
+    container with PyAV, as VoxCeleb2 ships its audio."""
+    import av
+
+    x = np.asarray(wave, dtype=np.float32)
+    x = x[None] if x.ndim == 1 else x
+    layout = {1: "mono", 2: "stereo"}[x.shape[0]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        stream.bit_rate = bit_rate
+        for start in range(0, x.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[:, start:start + 1024]),
+                                               format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path

@@ -217,7 +217,12 @@ def test_run_eval_writes_json_scores_and_plots(model_dir, tmp_path, capsys):
     assert re.search(rf"^EER \d+\.\d\d %  minDCF\(0\.01\) \d\.\d{{3}}  minDCF\(0\.05\) \d\.\d{{3}}  "
                      rf"\({n} trials\)$", printed, re.M)
     saved = json.loads((out / "result.json").read_text())
-    assert saved == result and set(saved) == {"eer", "mindcf_0.01", "mindcf_0.05", "n_trials"}
+    assert saved == result and set(saved) == {"eer", "mindcf_0.01", "mindcf_0.05", "n_trials", "cllr",
+                                              "min_cllr", "actdcf_0.01", "actdcf_0.05"}
+    # no calibration.json in this folder: Cllr / actDCF are null, with a one-line note
+    assert saved["cllr"] is None and saved["actdcf_0.01"] is None and 0 < saved["min_cllr"] <= 1
+    assert re.search(r"^minCllr \d\.\d{3}  \(Cllr/actDCF not computed: the model has no calibration",
+                     printed, re.M)
     assert saved["n_trials"] == n
     rows = [line.split() for line in (out / "scores").read_text().splitlines()]
     labels = np.array([1 if line.split()[2] == "target" else 0
@@ -492,7 +497,7 @@ def test_run_eval_label_prefixes_the_line_and_small_lists_are_warned(model_dir, 
     run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False, label="pseudo_r1")
     out, err = capsys.readouterr()
     assert re.fullmatch(rf"\[pseudo_r1\] EER \d+\.\d\d %  minDCF\(0\.01\) \S+  minDCF\(0\.05\) \S+  "
-                        rf"\({n} trials\)\n", out), out
+                        rf"\({n} trials\)\n\[pseudo_r1\] minCllr \d\.\d{{3}}  \([^\n]*\)\n", out), out
     assert err.startswith(f"warning: {trials}: only 12 target and 54 non-target trials") and err.count("\n") == 1
     run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
     assert capsys.readouterr().out.startswith("EER ")

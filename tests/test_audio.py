@@ -9,6 +9,7 @@ import soundfile as sf
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, audio_info, decode_audio, encode_audio, \
     load_audio, load_audio_or_skip, write_audio
 from cdino.errors import AudioError, CdinoError
+from conftest import write_m4a
 
 
 def tone(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
@@ -102,10 +103,61 @@ def test_non_audio_file_and_one_line_message(tmp_path):
         audio_info(tmp_path / "notes.wav")
 
 
-def test_m4a_refused_with_conversion_hint(tmp_path):
-    (tmp_path / "x.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 100)
-    with pytest.raises(AudioError, match=r"x\.m4a: \.m4a .*not decoded.*ffmpeg"):
-        load_audio(tmp_path / "x.m4a")
+def test_m4a_aac_decoded_mixed_down_and_resampled(tmp_path):
+    # VoxCeleb2 as it ships: AAC in .m4a. A 44.1 kHz stereo file, 440 Hz left, 1 kHz right.
+    rate, n = 44100, 44100 + 777
+    left, right = tone(440.0, n / rate, rate, 0.3), tone(1000.0, n / rate, rate, 0.3)
+    path = write_m4a(tmp_path / "id00012" / "v1" / "00001.m4a", np.stack([left, right]), rate,
+                     bit_rate=128000)
+    info = audio_info(path)
+    assert (info.sample_rate, info.channels) == (rate, 2)
+    assert abs(info.frames - n) <= 1024 and info.duration == pytest.approx(info.frames / rate)
+    native = load_audio(path, rate)
+    assert native.dtype == np.float32 and native.ndim == 1
+    assert native.size == info.frames  # the header's length is the decoded length
+    # mono = mean of the channels: both tones at half level, nothing lost to a channel pick
+    mix = (left + right) / 2
+    k = 4096
+    np.testing.assert_allclose(native[k:k + 8192], mix[k:k + 8192], atol=0.02)
+    wave = load_audio(path)  # default 16 kHz
+    assert abs(wave.size - round(info.frames * SAMPLE_RATE / rate)) <= 1
+    spec = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
+    freqs = np.fft.rfftfreq(wave.size, 1 / SAMPLE_RATE)
+    assert sorted(freqs[np.argsort(spec)[-1:-3:-1]].round(-1)) == pytest.approx([440, 1000], abs=15)
+    part = load_audio(path, offset=1000, frames=3000)
+    np.testing.assert_array_equal(part, wave[1000:4000])
+
+
+def test_m4a_at_16k_keeps_its_samples_and_other_suffixes_fall_back_to_ffmpeg(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.convolve(rng.standard_normal(20000), np.ones(8) / 8, "same").astype(np.float32)
+    x = 0.3 * x / np.abs(x).max()
+    path = write_m4a(tmp_path / "a.m4a", x, SAMPLE_RATE, bit_rate=128000)
+    got = load_audio(path)
+    assert got.size == audio_info(path).frames and abs(got.size - x.size) <= 1024
+    # aligned with the original (encoder priming removed) and close to it
+    assert np.corrcoef(got[:19000], x[:19000])[0, 1] > 0.98
+    # AAC under a suffix libsndfile tries first: read by FFmpeg once libsndfile fails
+    other = tmp_path / "a.audio"
+    other.write_bytes(path.read_bytes())
+    np.testing.assert_array_equal(load_audio(other), got)
+    assert audio_info(other).frames == got.size
+
+
+def test_corrupt_m4a_is_an_audio_error_naming_the_file(tmp_path):
+    bad = tmp_path / "x.m4a"
+    bad.write_bytes(b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 100)
+    for read in (load_audio, audio_info):
+        with pytest.raises(AudioError, match=r"x\.m4a: not a readable audio file") as err:
+            read(bad)
+        assert "\n" not in str(err.value)
+    good = write_m4a(tmp_path / "g.m4a", tone(300.0, 1.0, SAMPLE_RATE))
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(good.read_bytes()[:200])  # header cut off: no sample table
+    with pytest.raises(AudioError, match=r"cut\.m4a: "):
+        load_audio(cut)
+    skipped = SkippedFiles()
+    assert load_audio_or_skip(bad, skipped=skipped) is None and skipped.count == 1
 
 
 def test_empty_and_too_short(tmp_path):

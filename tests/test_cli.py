@@ -9,7 +9,8 @@ import sys
 from cdino.cli import main
 from conftest import write_trials_for
 
-VERBS = ["demo", "run", "corpus", "prepare", "train", "embed", "eval", "verify", "score", "export"]
+VERBS = ["demo", "run", "corpus", "prepare", "train", "embed", "eval", "verify", "score", "export",
+         "calibrate"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -60,6 +61,10 @@ def test_train_eval_verify_export(tiny_data, tmp_path, capsys):
                  "--plots", str(tmp_path / "plots"), "--device", "cpu"]) == 0
     res = json.loads(out_json.read_text())
     assert set(res) >= {"eer", "mindcf_0.01", "mindcf_0.05", "n_trials"} and 0 <= res["eer"] <= 1
+    # the export stored a label-free calibration, so eval reports calibrated metrics
+    cal = json.loads((model / "calibration.json").read_text())
+    assert cal["a"] > 0 and "pseudo labels" in cal["source"] and cal["n_target"] == 10000
+    assert res["cllr"] is not None and res["cllr"] >= res["min_cllr"] - 1e-9
     assert len((tmp_path / "scores").read_text().splitlines()) == res["n_trials"]
     assert list((tmp_path / "plots").glob("*.png"))
     capsys.readouterr()
@@ -67,7 +72,9 @@ def test_train_eval_verify_export(tiny_data, tmp_path, capsys):
     assert main(["verify", "--model", str(model), str(wavs[0]), str(wavs[1])]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     parts = dict(kv.split("=") for kv in line.split())
-    assert set(parts) == {"score", "threshold", "decision"} and parts["decision"] in ("same", "different")
+    assert list(parts) == ["score", "threshold", "decision", "llr", "prior"]
+    assert parts["decision"] in ("same", "different") and parts["prior"] == "0.5"
+    assert (float(parts["llr"]) >= 0) == (parts["decision"] == "same")
     assert main(["export", "--model", str(model), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 10000
 

@@ -52,6 +52,32 @@ def test_quick_demo_writes_results_report_and_model(quick_demo):
     assert "stage" in proc.stdout and "supervised" in proc.stdout  # the summary table
 
 
+def test_quick_demo_console_and_report_agree(quick_demo):
+    """Stage-labelled EER lines, a final summary with ablations and targets, baselines with
+    their time, every round's gate plots, and one total everywhere."""
+    import re
+
+    out, proc, _ = quick_demo
+    res = json.loads((out / "results.json").read_text())
+    for s in res["stages"]:
+        assert f"[{s['name']}] EER " in proc.stdout
+    summary = proc.stdout[proc.stdout.index("stage "):]
+    for name in res["ablations"]:
+        assert f"ablation {name}" in summary
+    assert re.search(r"^target (met|MISSED): ", summary, flags=re.M)
+    assert all(b["seconds"] > 0 for b in res["baselines"].values())
+    report = (out / "report.md").read_text()
+    assert "| baseline: untrained |" in report and "| 0 |\n| baseline: fbank" not in report
+    plots = sorted(p.relative_to(out).as_posix() for p in out.glob("*/round*/plots/*.png"))
+    assert any("round1" in p for p in plots)
+    for p in plots:
+        assert f"({p})" in report, p
+    total = round(res["seconds"]["total"])
+    assert f"total {total} s" in report or f"total {total - 1} s" in report or f"total {total + 1} s" in report
+    printed = int(re.search(r"pipeline finished: (\d+) s in all", proc.stdout).group(1))
+    assert abs(printed - res["seconds"]["total"]) <= 1
+
+
 def test_demo_model_folder_is_usable(quick_demo, tmp_path, capsys):
     out, _, _ = quick_demo
     wavs = sorted((out / "corpus" / "test" / "wav").rglob("*.wav"))

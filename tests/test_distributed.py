@@ -6,8 +6,9 @@ Tolerances. On a CPU, gloo has no SyncBatchNorm, so these runs fix ``trainer.mic
 is the order of floating-point sums (DDP averages the ranks' gradients where one process
 accumulates them), a relative 1e-7 per step. Clustering the *same* model's embeddings is
 then identical (round 1 labels equal bit for bit), and trained models agree to well under
-the tolerances below: thresholds to 2 % relative, EERs to 5 points on a 60-trial list
-(one trial is 1.7 points of either error rate).
+the tolerances below: thresholds to 2 % relative, EERs to 10 points on a 60-trial list
+of about 15 target trials (one target trial moves the EER by about 3 points). The runs train in exact fp32 (the CPU
+bf16 autocast would add its own rounding to what is compared).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from conftest import write_speaker_dir, write_trials_for
 
 PSEUDO_CFG = """\
 encoder: {name: ecapa_tdnn_small}
-trainer: {epochs: 3, global_batch: 8, micro_batch: 4, log_every: 2, progress: false, tensorboard: false, threads: 1}
+trainer: {epochs: 3, global_batch: 8, micro_batch: 4, precision: fp32, log_every: 2, progress: false, tensorboard: false, threads: 1}
 optim: {name: adamw, lr: 0.002, lr_scale_with_batch: false, warmup_epochs: 0.3}
 pseudo: {rounds: 2, kmeans: {n_clusters: 4}, min_seconds: 0.8, max_seconds: 1.0,
          gate: {warmup_epochs: 1}, correction: {start_epoch: 1}}
@@ -40,7 +41,7 @@ pseudo: {rounds: 2, kmeans: {n_clusters: 4}, min_seconds: 0.8, max_seconds: 1.0,
 
 DINO_CFG = """\
 encoder: {name: ecapa_tdnn_small}
-trainer: {epochs: 4, global_batch: 8, micro_batch: 4, progress: false, tensorboard: false, threads: 1, checkpoint_every: 1}
+trainer: {epochs: 4, global_batch: 8, micro_batch: 4, precision: fp32, progress: false, tensorboard: false, threads: 1, checkpoint_every: 1}
 optim: {name: adamw, lr: 0.001, lr_scale_with_batch: false, warmup_epochs: 0.3}
 dino: {out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, global_seconds: 0.6, local_seconds: 0.3, n_local: 2}
 """
@@ -118,7 +119,7 @@ def test_stage2_same_labels_and_one_gate_on_1_and_2_ranks(speakers, init_model, 
         res = run_eval(out / "round2" / "model", speakers, speakers.parent / "trials",
                        tmp_path / f"eval{ranks}.json", progress=False)
         eers[ranks] = res["eer"]
-    assert abs(eers[1] - eers[2]) <= 0.05, eers
+    assert abs(eers[1] - eers[2]) <= 0.10, eers
 
 
 def test_killed_rank_resumes_to_the_uninterrupted_two_rank_model(speakers, tmp_path):

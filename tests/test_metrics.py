@@ -204,3 +204,143 @@ def test_small_trial_list_warning():
     assert "99 target and 5000" in metrics.small_trial_list_warning(np.r_[np.ones(99), np.zeros(5000)])
     assert "100 target and 99 non-target" in metrics.small_trial_list_warning(np.r_[np.ones(100), np.zeros(99)])
     assert metrics.small_trial_list_warning(three, min_target=1, min_nontarget=2) is None
+
+
+# ----------------------------------------------------------- calibration metrics (issue 14)
+
+
+def brute_cllr(llr, labels):
+    """Cllr term by term in plain Python (log2(1 + e^x), x = ∓llr)."""
+
+    def cost(x):
+        if x == math.inf:
+            return math.inf
+        if x == -math.inf:
+            return 0.0
+        return math.log1p(math.exp(x)) / math.log(2) if x < 30 else x / math.log(2)
+
+    tar = [cost(-float(v)) for v, l in zip(llr, labels) if l == 1]
+    non = [cost(float(v)) for v, l in zip(llr, labels) if l == 0]
+    return (sum(tar) / len(tar) + sum(non) / len(non)) / 2
+
+
+def brute_min_cllr(scores, labels):
+    """Try every partition of the distinct scores into runs of neighbours; each run gets one
+    LLR (its best, log(t/N_t) - log(n/N_n)); keep the partitions whose LLRs never fall."""
+    values = sorted(set(float(s) for s in scores))
+    n_tar = sum(int(l) for l in labels)
+    n_non = len(labels) - n_tar
+    tar = [sum(1 for s, l in zip(scores, labels) if s == v and l == 1) for v in values]
+    non = [sum(1 for s, l in zip(scores, labels) if s == v and l == 0) for v in values]
+    best = math.inf
+    for cuts in itertools.product((False, True), repeat=len(values) - 1):
+        runs, start = [], 0
+        for i, cut in enumerate(cuts, 1):
+            if cut:
+                runs.append((start, i))
+                start = i
+        runs.append((start, len(values)))
+        llrs = []
+        for a, b in runs:
+            t, n = sum(tar[a:b]), sum(non[a:b])
+            llrs.append(math.inf if n == 0 else -math.inf if t == 0
+                        else math.log(t / n_tar) - math.log(n / n_non))
+        if any(x > y for x, y in zip(llrs, llrs[1:])):
+            continue
+        llr_of = {}
+        for (a, b), x in zip(runs, llrs):
+            for v in values[a:b]:
+                llr_of[v] = x
+        best = min(best, brute_cllr([llr_of[float(s)] for s in scores], labels))
+    return best
+
+
+def brute_act_dcf(llr, labels, p, c_miss=1.0, c_fa=1.0):
+    t = math.log(c_fa * (1 - p) / (c_miss * p))
+    tar = [v for v, l in zip(llr, labels) if l == 1]
+    non = [v for v, l in zip(llr, labels) if l == 0]
+    p_miss = sum(1 for v in tar if not v >= t) / len(tar)
+    p_fa = sum(1 for v in non if v >= t) / len(non)
+    return (c_miss * p * p_miss + c_fa * (1 - p) * p_fa) / min(c_miss * p, c_fa * (1 - p))
+
+
+def test_cllr_known_values_and_brute_force():
+    labels = [1, 0, 1, 0]
+    assert metrics.cllr([0.0] * 4, labels) == pytest.approx(1.0)  # says nothing: 1 bit
+    assert metrics.cllr([np.inf, -np.inf, np.inf, -np.inf], labels) == 0.0
+    assert metrics.cllr([-np.inf, -np.inf, np.inf, -np.inf], labels) == np.inf
+    # by hand: targets llr 2 and 1, non-targets -1 and 0
+    want = ((math.log2(1 + math.exp(-2)) + math.log2(1 + math.exp(-1))) / 2
+            + (math.log2(1 + math.exp(-1)) + 1.0) / 2) / 2
+    assert metrics.cllr([2.0, -1.0, 1.0, 0.0], labels) == pytest.approx(want, abs=1e-12)
+    # large LLRs do not overflow
+    assert metrics.cllr([800.0, -800.0], [1, 0]) == 0.0
+    assert metrics.cllr([-800.0, 800.0], [1, 0]) == pytest.approx(800 / math.log(2))
+    for seed in range(3):
+        s, lab = random_trials(seed, 50)
+        assert metrics.cllr(3 * s - 1, lab) == pytest.approx(brute_cllr(3 * s - 1, lab), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed,n,ties", list(itertools.product(range(4), (2, 7, 11), (False, True))))
+def test_min_cllr_matches_brute_force(seed, n, ties):
+    scores, labels = random_trials(seed, n, ties)
+    assert metrics.min_cllr(scores, labels) == pytest.approx(brute_min_cllr(scores, labels), abs=1e-12)
+
+
+def test_min_cllr_is_a_lower_bound_invariant_to_monotone_maps():
+    scores, labels = random_trials(5, 400)
+    m = metrics.min_cllr(scores, labels)
+    assert 0.0 < m < 1.0
+    assert metrics.min_cllr(np.exp(scores), labels) == pytest.approx(m, abs=1e-12)
+    assert metrics.min_cllr(5 * scores - 3, labels) == pytest.approx(m, abs=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # no affine calibration beats the PAV map
+        a, b = rng.uniform(0.1, 5), rng.uniform(-3, 3)
+        assert metrics.cllr(a * scores + b, labels) >= m - 1e-12
+    llr = metrics.pav_llr(scores, labels)
+    assert metrics.cllr(llr, labels) == pytest.approx(m, abs=1e-12)
+    order = np.argsort(scores)
+    assert (llr[order][1:] >= llr[order][:-1]).all()  # order kept
+    assert metrics.min_cllr(*ADVERSARIAL["separated"]) == 0.0
+    assert metrics.min_cllr(*ADVERSARIAL["all_equal"]) == pytest.approx(1.0)
+    assert metrics.min_cllr(*ADVERSARIAL["inverted"]) == pytest.approx(1.0)  # best monotone map: constant
+    # tied scores share one LLR
+    tied = metrics.pav_llr(*ADVERSARIAL["tie_across_classes"])
+    assert tied[1] == tied[2] == tied[3]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_act_dcf_matches_brute_force_and_bounds(seed):
+    scores, labels = random_trials(seed, 300)
+    llr = 2.0 * scores - 1.0
+    for p in (0.01, 0.05, 0.5, 0.9):
+        got = metrics.act_dcf(llr, labels, p)
+        assert got == pytest.approx(brute_act_dcf(llr, labels, p), abs=1e-12)
+        assert got >= metrics.min_dcf(llr, labels, p) - 1e-12
+        assert metrics.act_dcf(llr, labels, p, c_miss=10.0) == pytest.approx(
+            brute_act_dcf(llr, labels, p, c_miss=10.0), abs=1e-12)
+        # the PAV map is calibrated on its own trials: deciding at the Bayes threshold is optimal
+        assert metrics.act_dcf(metrics.pav_llr(scores, labels), labels, p) == pytest.approx(
+            metrics.min_dcf(scores, labels, p), abs=1e-9)
+    # uninformative LLRs: reject all at p = 0.01 (threshold log 99), accept all at 0.5 (threshold 0)
+    zero, lab = np.zeros(6), [1, 0, 1, 0, 0, 1]
+    assert metrics.act_dcf(zero, lab, 0.01) == pytest.approx(1.0)
+    assert metrics.act_dcf(zero, lab, 0.5) == pytest.approx(1.0)
+    # a shifted but perfectly separating LLR still decides wrongly: actDCF sees miscalibration
+    sep = np.array([0.1, 0.2, 0.3, 0.8, 0.9]) - 5.0
+    assert metrics.min_dcf(sep, ADVERSARIAL["separated"][1], 0.05) == 0.0
+    assert metrics.act_dcf(sep, ADVERSARIAL["separated"][1], 0.05) == pytest.approx(1.0)
+
+
+def test_bayes_threshold_and_invalid_calibration_inputs():
+    assert metrics.bayes_threshold(0.5) == 0.0
+    assert metrics.bayes_threshold(0.01) == pytest.approx(math.log(99))
+    assert metrics.bayes_threshold(0.2, c_miss=4.0) == pytest.approx(0.0)
+    for bad in ([0.1, 0.2], [1, 1]), ([0.1, float("nan")], [1, 0]), ([], []):
+        for fn in (metrics.cllr, metrics.min_cllr, lambda s, l: metrics.act_dcf(s, l, 0.01)):
+            with pytest.raises(ValueError):
+                fn(*bad)
+    with pytest.raises(ValueError, match="p_target"):
+        metrics.act_dcf([0.2, 0.3], [1, 0], 0.0)
+    with pytest.raises(ValueError, match="p_target"):
+        metrics.bayes_threshold(1.0)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cdino.data.audio import write_audio
+from cdino.data.audio import load_audio, write_audio
 from cdino.data.kaldi_dir import DataDir, read_scp, read_trials
 from cdino.data.prepare import prepare_musan, prepare_rirs, prepare_voxceleb
 from cdino.errors import DataError
+from conftest import write_m4a
 
 WAVE = np.zeros(160, dtype=np.float32)
 
@@ -91,17 +92,28 @@ def test_trial_utterance_missing_from_vox1(tmp_path):
         prepare_voxceleb(vox1, None, tmp_path / "out", progress=False)
 
 
-def test_vox2_m4a_only_and_partly_converted(tmp_path):
+def test_vox2_as_shipped_in_m4a_needs_no_conversion(tmp_path):
     vox2 = tmp_path / "vox2"
-    make_files(vox2, vox2_files("m4a", "aac"))
-    with pytest.raises(DataError, match=r"found 12 \.m4a files but no \.wav/\.flac.*ffmpeg"):
-        prepare_voxceleb(None, vox2, tmp_path / "out", progress=False)
-    make_files(vox2, vox2_files("wav", "wav")[:-2])
-    with pytest.raises(DataError, match=r"v2/00002\.m4a: 2 VoxCeleb2 utterances exist only"):
-        prepare_voxceleb(None, vox2, tmp_path / "out", progress=False)
-    make_files(vox2, vox2_files("wav", "wav")[-2:])
+    rels = vox2_files("m4a", "aac")
+    for i, rel in enumerate(rels):  # real AAC files, 0.5 s + i * 10 ms each
+        write_m4a(vox2 / rel, np.full(8000 + 160 * i, 0.01, np.float32))
     summary = prepare_voxceleb(None, vox2, tmp_path / "out", progress=False)
-    assert summary["vox2_dev"]["utts"] == 12 and "vox1" not in summary
+    assert summary["vox2_dev"]["utts"] == 12 and summary["vox2_dev"]["unreadable_headers"] == 0
+    train = DataDir.load(tmp_path / "out" / "vox2_dev")
+    assert train.wav["id00015/v2/00003"] == str(vox2.resolve() / "dev/aac/id00015/v2/00003.m4a")
+    assert train.utt2spk["id00012/v1/00001"] == "id00012"
+    for i, rel in enumerate(rels):  # lengths from the m4a headers: the decoded lengths
+        utt = rel.split("/", 2)[2].rsplit(".", 1)[0]
+        assert train.utt2dur[utt] == pytest.approx(len(load_audio(vox2 / rel)) / 16000, abs=1e-4)
+        assert abs(train.utt2dur[utt] - (8000 + 160 * i) / 16000) < 0.07
+    # Partly converted: an utterance with a .wav copy uses it, the others stay m4a.
+    make_files(vox2, vox2_files("wav", "wav")[:-2])
+    prepare_voxceleb(None, vox2, tmp_path / "out", progress=False)
+    train = DataDir.load(tmp_path / "out" / "vox2_dev")
+    assert len(train) == 12
+    suffixes = [train.wav[u].rsplit(".", 1)[1] for u in train.utts]
+    assert suffixes.count("wav") == 10 and suffixes.count("m4a") == 2
+    assert train.utts == sorted(train.utts)
 
 
 def test_prepare_voxceleb_argument_errors(tmp_path):

@@ -1,11 +1,12 @@
 """Reading and writing audio: mono float32 waveforms at 16 kHz.
 
-Every file is decoded by libsndfile (through ``soundfile``): wav, flac and ogg/vorbis.
-Multi-channel audio is mixed down to mono (mean of the channels); any other sample rate
-is converted with ``soxr`` (high quality). m4a/AAC (VoxCeleb2 as distributed) is not
-decoded: convert it first (docs/data.md). Every failure is an :class:`AudioError` whose
-message names the file; :func:`load_audio_or_skip` turns those into a count instead, so
-one bad file among a million does not end a run.
+Files are decoded by libsndfile (through ``soundfile``): wav, flac and ogg/vorbis. m4a/AAC
+(VoxCeleb2 as distributed; suffixes ``FFMPEG_SUFFIXES``), and any file libsndfile fails on,
+is decoded by FFmpeg through PyAV (the ``av`` wheel bundles FFmpeg) instead. Multi-channel
+audio is mixed down to mono (mean of the channels); any other sample rate is converted with
+``soxr`` (high quality), whichever decoder read it. Every failure is an :class:`AudioError`
+whose message names the file; :func:`load_audio_or_skip` turns those into a count instead,
+so one bad file among a million does not end a run.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from cdino.errors import AudioError
 
 SAMPLE_RATE = 16000
 
-#: Suffixes of compressed formats libsndfile cannot decode; they must be converted first.
-REFUSED_SUFFIXES = (".m4a", ".aac", ".mp4")
+#: Suffixes libsndfile cannot decode: read by FFmpeg (PyAV) directly. Files with other
+#: suffixes go to FFmpeg only when libsndfile fails on them.
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".mp4")
 
 #: Formats :func:`write_audio` writes, by suffix.
 _WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -52,7 +54,7 @@ class AudioInfo:
 
 
 def _check_file(name: str) -> None:
-    """Raise ``AudioError`` for what can be told without decoding: missing, empty, m4a."""
+    """Raise ``AudioError`` for what can be told without decoding: missing, empty, a folder."""
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -63,12 +65,86 @@ def _check_file(name: str) -> None:
         raise AudioError(f"{name}: is a folder, not an audio file")
     if st.st_size == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix in REFUSED_SUFFIXES:
-        raise AudioError(
-            f"{name}: {suffix} (AAC) audio is not decoded by cdino; convert it first, e.g. "
-            f"'ffmpeg -i IN{suffix} -ac 1 -ar 16000 OUT.flac' (see docs/data.md)"
-        )
+
+
+def _by_ffmpeg(name: str) -> bool:
+    """Whether a file goes to FFmpeg first (its suffix is one libsndfile cannot read)."""
+    return os.path.splitext(name)[1].lower() in FFMPEG_SUFFIXES
+
+
+def _pyav(name: str):
+    try:
+        import av
+    except ImportError:  # a dependency; only a broken install lacks it
+        raise AudioError(f"{name}: decoding this file needs PyAV (pip install av)") from None
+    return av
+
+
+def _ffmpeg_detail(exc: Exception) -> str:
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(detail).split())[:200]
+
+
+def _header_frames(container, stream) -> int | None:
+    """Length in samples that an MP4/M4A container's sample table gives, else ``None``."""
+    if not container.format.name.startswith("mov") or not stream.duration or not stream.time_base:
+        return None
+    return int(round(float(stream.duration * stream.time_base) * stream.rate))
+
+
+def _open_audio_stream(container, name: str):
+    if not container.streams.audio:
+        raise AudioError(f"{name}: not a readable audio file (no audio stream)")
+    return container.streams.audio[0]
+
+
+def _ffmpeg_decode(name: str) -> tuple[np.ndarray, int]:
+    """Decode a whole file with FFmpeg (PyAV): a (frames, channels) float32 array and its rate.
+
+    MP4/M4A files are cut to the length their sample table gives (what :func:`audio_info`
+    reports): AAC decodes in whole 1024-sample frames, padded with silence at the end."""
+    av = _pyav(name)
+    chunks, rate = [], 0
+    try:
+        with av.open(name, metadata_errors="ignore") as container:
+            stream = _open_audio_stream(container, name)
+            resampler = av.AudioResampler(format="fltp")  # planar float32, rate and layout kept
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+                    rate = out.sample_rate
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+            limit = _header_frames(container, stream)
+            rate = rate or int(stream.rate or 0)
+        data = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 1), np.float32)
+    except AudioError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_detail(exc)})") from None
+    if limit is not None and 0 < limit < data.shape[0]:
+        data = data[:limit]
+    if rate <= 0:
+        raise AudioError(f"{name}: not a readable audio file (no sample rate)")
+    return np.ascontiguousarray(data, dtype=np.float32), rate
+
+
+def _ffmpeg_info(name: str) -> AudioInfo:
+    """:class:`AudioInfo` from FFmpeg: from the header for MP4/M4A, else by decoding."""
+    av = _pyav(name)
+    try:
+        with av.open(name, metadata_errors="ignore") as container:
+            stream = _open_audio_stream(container, name)
+            frames, rate = _header_frames(container, stream), int(stream.rate or 0)
+            channels = len(stream.codec_context.layout.channels)
+    except AudioError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_detail(exc)})") from None
+    if frames is None or rate <= 0:
+        data, rate = _ffmpeg_decode(name)
+        frames, channels = data.shape
+    return AudioInfo(int(frames), rate, int(channels), frames / rate)
 
 
 def _decode_error(name: str, exc: Exception) -> AudioError:
@@ -146,12 +222,22 @@ def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE, *, offset: int = 
         raise ValueError(f"offset must be >= 0, got {offset}")
     name = os.fspath(path)
     _check_file(name)
+    if _by_ffmpeg(name):
+        data, file_rate = _ffmpeg_decode(name)
+        return _finish(data, file_rate, "FLOAT", name, sample_rate, offset, frames, False,
+                       min_samples)
     try:
         with sf.SoundFile(name) as f:
             data, sliced = _read(f, name, sample_rate, offset, frames)
             file_rate, subtype = f.samplerate, f.subtype
     except (sf.SoundFileError, RuntimeError) as exc:
-        raise _decode_error(name, exc) from None
+        error = _decode_error(name, exc)
+        try:  # a format libsndfile lacks (e.g. AAC with another suffix): FFmpeg may read it
+            data, file_rate = _ffmpeg_decode(name)
+        except AudioError:
+            raise error from None
+        return _finish(data, file_rate, "FLOAT", name, sample_rate, offset, frames, False,
+                       min_samples)
     return _finish(data, file_rate, subtype, name, sample_rate, offset, frames, sliced,
                    min_samples)
 
@@ -174,13 +260,20 @@ def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE, *, name: str = "<b
 
 
 def audio_info(path: PathLike) -> AudioInfo:
-    """Header information of an audio file (no decoding)."""
+    """Header information of an audio file (no decoding, except for files FFmpeg reads
+    whose container gives no length: those are decoded to count their samples)."""
     name = os.fspath(path)
     _check_file(name)
+    if _by_ffmpeg(name):
+        return _ffmpeg_info(name)
     try:
         info = sf.info(name)
     except (sf.SoundFileError, RuntimeError) as exc:
-        raise _decode_error(name, exc) from None
+        error = _decode_error(name, exc)
+        try:
+            return _ffmpeg_info(name)
+        except AudioError:
+            raise error from None
     rate = int(info.samplerate)
     return AudioInfo(int(info.frames), rate, int(info.channels), info.frames / rate)
 

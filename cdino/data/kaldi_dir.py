@@ -453,6 +453,66 @@ def write_trials(path: PathLike, trials: Trials) -> None:
                                for e, t, y in zip(trials.enroll, trials.test, trials.labels)))
 
 
+@dataclass
+class EnrollMap:
+    """Enrolments of several utterances each: ``enroll_id utt1 utt2 ...`` lines, the way
+    speaker-recognition evaluations ship them; trials then name ``enroll_id test_utt``."""
+
+    utts: dict[str, list[str]]  # enrolment id -> its utterance ids, in file order
+    lines: dict[str, int]  # enrolment id -> its 1-based line in ``path``
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def _where(self, enroll_id: str) -> str:
+        return f"{self.path}:{self.lines[enroll_id]}" if self.path is not None else f"enrolment '{enroll_id}'"
+
+    def check_utts(self, known: set[str] | Mapping[str, object], data_path: PathLike,
+                   used: Iterable[str] | None = None) -> None:
+        """``DataError`` naming the map's line of the first utterance (of the enrolments in
+        ``used``, or all) that is not in ``known``."""
+        for e in (self.utts if used is None else dict.fromkeys(used)):
+            for utt in self.utts[e]:
+                if utt not in known:
+                    raise DataError(f"{self._where(e)}: utterance '{utt}' (enrolment '{e}') "
+                                    f"is not in {data_path}")
+
+    def check_trials(self, trials: Trials, known: set[str] | Mapping[str, object],
+                     data_path: PathLike) -> None:
+        """Every trial's enrolment is in this map and its test utterance in ``known``;
+        else ``DataError`` naming the trials file and line."""
+        for i, (e, t) in enumerate(zip(trials.enroll, trials.test)):
+            if e not in self.utts:
+                raise DataError(f"{trials._where(i)}: enrolment '{e}' is not in {self.path}")
+            if t not in known:
+                raise DataError(f"{trials._where(i)}: utterance '{t}' is not in {data_path}")
+
+
+def read_enroll_map(path: PathLike) -> EnrollMap:
+    """Read an enrolment map: ``enroll_id utt1 [utt2 ...]`` per line (blank lines skipped;
+    names with an audio suffix become utterance ids, as in trials). A line without an
+    utterance, or an enrolment id listed twice, is a ``DataError`` naming the file and line."""
+    path = Path(path)
+    emap = EnrollMap({}, {}, path)
+    for lineno, line in enumerate(read_text_lines(path, "enroll map"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'enroll_id utt1 utt2 ...' (an enrolment "
+                            f"id and at least one utterance), got '{line.strip()[:120]}'")
+        e = utt_id_from_path(fields[0])
+        if e in emap.utts:
+            raise DataError(f"{path}:{lineno}: enrolment '{e}' listed twice (first on line "
+                            f"{emap.lines[e]})")
+        emap.utts[e] = [utt_id_from_path(u) for u in fields[1:]]
+        emap.lines[e] = lineno
+    if not emap.utts:
+        raise DataError(f"{path}: no enrolments")
+    return emap
+
+
 def read_visual(data_dir: PathLike, *, known: set[str] | Mapping[str, object] | None = None
                 ) -> tuple[list[str], np.ndarray] | None:
     """The visual embeddings of a data folder (``visual.npy`` + ``visual_utts.txt``).

@@ -1,6 +1,6 @@
 """Data folders for public corpora: VoxCeleb 1 and 2, MUSAN noises, RIRS_NOISES rooms.
 
-Each function scans a corpus as distributed (or converted, for VoxCeleb2's m4a), writes
+Each function scans a corpus as distributed (VoxCeleb2's m4a included), writes
 Kaldi-style data folders with absolute paths (see docs/data.md) and returns a summary.
 Nothing is decoded here: VoxCeleb folders get an ``utt2dur`` from the file headers (read
 in parallel) so training starts without reading them again; files whose header cannot
@@ -26,9 +26,6 @@ PathLike = str | os.PathLike
 VOXCELEB1_TRIALS = {"O": "veri_test2.txt", "E": "list_test_all2.txt", "H": "list_test_hard2.txt"}
 #: VoxCeleb1's test speakers (the -O list): id10270 ... id10309.
 VOXCELEB1_TEST_SPEAKERS = range(10270, 10310)
-
-CONVERT_HINT = ("convert it first, e.g. 'ffmpeg -i IN.m4a -ac 1 -ar 16000 OUT.flac' for every "
-                "file (docs/data.md has a script)")
 
 _SPEAKER = re.compile(r"^id\d+$")
 _MUSAN_CATEGORIES = ("noise", "speech", "music")
@@ -109,18 +106,16 @@ def _scan_vox2(vox2: Path, progress: bool) -> tuple[dict[str, str], int]:
     audio = [p for p in files if p.suffix.lower() != ".m4a"]
     m4a = [p for p in files if p.suffix.lower() == ".m4a"]
     wav, ignored = _voxceleb_utts(root, audio)
-    if not wav and m4a:
-        raise DataError(f"{root}: found {len(m4a)} .m4a files but no .wav/.flac; cdino does "
-                        f"not decode m4a: {CONVERT_HINT}")
+    # The m4a files as shipped are read directly (FFmpeg, cdino.data.audio); an utterance
+    # also present as .wav/.flac (converted) uses that copy.
+    m4a_utts, m4a_ignored = _voxceleb_utts(root, m4a)
+    only_m4a = {u: p for u, p in m4a_utts.items() if u not in wav}
+    if only_m4a:
+        wav = dict(sorted({**wav, **only_m4a}.items()))
     if not wav:
         raise DataError(f"{root}: no VoxCeleb2 audio found (expected "
                         f"{root}/aac|wav|flac/idXXXXX/<video>/00001.<ext>)")
-    m4a_utts, _ = _voxceleb_utts(root, m4a)
-    unconverted = [u for u in m4a_utts if u not in wav]
-    if unconverted:
-        raise DataError(f"{m4a_utts[unconverted[0]]}: {len(unconverted)} VoxCeleb2 utterances "
-                        f"exist only as .m4a; {CONVERT_HINT}")
-    return wav, ignored
+    return wav, ignored + m4a_ignored
 
 
 def _find_trial_lists(dirs: list[Path]) -> dict[str, Path]:

@@ -705,3 +705,15 @@ def embed_training_store(encoder: nn.Module, fbank: nn.Module, store, device: to
     row = {u: i for i, u in enumerate(store.utts)}
     full[[row[u] for u in utts]] = emb
     return full
+
+
+def inference_copy(encoder: nn.Module, device: torch.device | str) -> nn.Module:
+    """For embedding on a CPU: the exact fp32 inference rewrite (BatchNorm folded, traced;
+    :func:`cdino.models.inference.optimize_for_inference`) of a copy of ``encoder``, in
+    eval mode — the same embeddings up to float rounding, 1.4–1.9× faster. On other
+    devices the encoder itself (bf16 autocast does the work there)."""
+    if torch.device(device).type != "cpu":
+        return encoder
+    from cdino.models.inference import optimize_for_inference
+
+    return optimize_for_inference(encoder, precision="fp32", n_mels=getattr(encoder, "n_mels", None))

@@ -9,12 +9,17 @@ standardises a score with the statistics of each side's top-N closest cohort sco
 
 where μ_e, σ_e are the mean and standard deviation of the N highest scores of the
 enrolment utterance against the cohort (likewise for the test side).
+
+An enrolment of several utterances (:func:`score_enrolled_trials`, ``cdino eval --enroll``,
+``SpeakerModel.score([a, b, c], d)``) is one vector, :func:`average_enrolment`: the mean of
+its utterances' mean-subtracted, L2-normalised embeddings; the score is its cosine with the
+test side, and AS-norm treats it like a single enrolment embedding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -57,6 +62,17 @@ def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
         x = x - mean
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
+
+
+def average_enrolment(emb: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """The enrolment vector of several recordings of one speaker, ``emb`` (n, D): the mean of
+    their embeddings after subtracting ``mean`` and L2-normalising each (float32 (D,), not
+    itself normalised: the cosine with the test side does that). One recording gives its
+    normalised embedding, so scoring agrees with a single enrolment."""
+    x = _normalise(emb, mean)
+    if x.shape[0] == 0:
+        raise ValueError("an enrolment needs at least one embedding")
+    return x.mean(axis=0)
 
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
@@ -127,3 +143,43 @@ def score_trials(emb: np.ndarray, utt_index: dict[str, int], trials: TrialList,
     asnorm.validate()
     mu, sigma = _cohort_stats(x, _normalise(cohort, mean), asnorm.top_n)
     return 0.5 * ((scores - mu[enroll]) / sigma[enroll] + (scores - mu[test]) / sigma[test])
+
+
+@dataclass
+class _KeyedTrials:
+    enroll: list[str]
+    test: list[str]
+    path: object = None
+
+
+def score_enrolled_trials(emb: np.ndarray, utt_index: dict[str, int], trials: TrialList,
+                          enrolments: Mapping[str, Sequence[str]], mean: np.ndarray | None = None,
+                          asnorm: ASNormConfig | None = None, cohort: np.ndarray | None = None,
+                          where: str = "") -> np.ndarray:
+    """:func:`score_trials` for trials whose enrolment side names an entry of ``enrolments``
+    (enrolment id -> its utterance ids, e.g. ``EnrollMap.utts``) and whose test side names
+    an utterance. Each enrolment is :func:`average_enrolment` of its utterances; the score
+    is its cosine with the test embedding (both centred with ``mean``), AS-normalised
+    against ``cohort`` when ``asnorm`` is given."""
+    if len(trials.enroll) != len(trials.test):
+        raise ValueError("trials.enroll and trials.test differ in length")
+    emb = np.asarray(emb)
+    n_emb = emb.shape[0]
+    ids = list(dict.fromkeys(trials.enroll))
+    models = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
+    for j, e in enumerate(ids):
+        if e not in enrolments:
+            source = getattr(trials, "path", None)
+            raise DataError(f"{f'{source}: ' if source else ''}enrolment '{e}' has no utterance list")
+        rows = _trial_rows(list(enrolments[e]), utt_index, n_emb, trials, where)
+        models[j] = average_enrolment(emb[rows], mean)
+    test_rows = _trial_rows(trials.test, utt_index, n_emb, trials, where)
+    used, inverse = np.unique(test_rows, return_inverse=True)
+    # rows: the used test embeddings (centred, normalised), then the enrolment vectors; keys
+    # in two name spaces so an enrolment id may equal an utterance id
+    x = np.vstack([_normalise(emb[used], mean), models])
+    index = {**{f"t:{i}": i for i in range(used.size)}, **{f"e:{e}": used.size + j for j, e in enumerate(ids)}}
+    keyed = _KeyedTrials([f"e:{e}" for e in trials.enroll], [f"t:{i}" for i in inverse.reshape(-1)],
+                         getattr(trials, "path", None))
+    cohort_x = None if cohort is None else _normalise(cohort, mean)
+    return score_trials(x, index, keyed, mean=None, asnorm=asnorm, cohort=cohort_x)

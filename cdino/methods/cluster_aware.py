@@ -23,7 +23,7 @@ import torch
 
 from cdino.console import progress_enabled
 from cdino.methods.dino import DinoMethod
-from cdino.eval.embed import embed_training_store
+from cdino.eval.embed import embed_training_store, inference_copy
 from cdino.metrics import nmi, purity
 from cdino.pseudo.kmeans import KMeansConfig, cluster
 
@@ -122,7 +122,8 @@ class ClusterAwareDinoMethod(DinoMethod):
 
     def _recluster(self, epoch: int) -> None:
         ctx = self.ctx
-        emb = embed_training_store(self.teacher.encoder, ctx.frontend.fbank, ctx.store, ctx.device,
+        emb = embed_training_store(inference_copy(self.teacher.encoder, ctx.device), ctx.frontend.fbank,
+                                   ctx.store, ctx.device,
                                    self.cc.embed_seconds, progress_enabled(ctx.cfg.trainer.progress),
                                    desc=f"embedding for clustering (epoch {epoch + 1})",
                                    num_workers=ctx.cfg.data.num_workers)

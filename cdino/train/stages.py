@@ -25,7 +25,7 @@ from cdino.methods.base import FeatureFrontend
 from cdino.methods.cluster_aware import ClusterAwareDinoMethod
 from cdino.methods.dino import DinoMethod
 from cdino.methods.pseudo_label import PseudoLabelMethod
-from cdino.eval.embed import embed_training_store
+from cdino.eval.embed import embed_training_store, inference_copy
 from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
@@ -74,16 +74,22 @@ def model_complete(folder: Path) -> bool:
 
 def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict,
                  progress: bool = True) -> Path:
-    """Write a model folder: mean embedding and a label-free threshold from training data.
+    """Write a model folder: mean embedding, a label-free threshold and a label-free score
+    calibration (``calibration.json``), both from trials built from k-means pseudo labels
+    of the training utterances.
 
     Call on every rank: the training set is embedded by all ranks together; rank 0 writes.
     """
+    import sys
+
     from cdino.api import save_model_folder
+    from cdino.eval.calibration import pseudo_label_calibration
     from cdino.eval.threshold import pseudo_label_threshold
 
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     encoder = encoder.to(device)
-    emb = embed_training_store(encoder, frontend.fbank, store, device, TRAIN_EMBED_SECONDS,
+    emb = embed_training_store(inference_copy(encoder, device), frontend.fbank, store, device,
+                               TRAIN_EMBED_SECONDS,
                                progress=progress and is_main(), num_workers=cfg.data.num_workers,
                                desc="embedding training set for the model folder")
     if is_main():
@@ -93,9 +99,14 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
         threshold = pseudo_label_threshold(emb, np.asarray(labels), mean, seed=0)
         source = (f"EER threshold of trials built from k-means ({k} clusters) pseudo labels of "
                   f"{len(emb)} training utterances; no true labels used")
+        try:  # the same trials (same seed); a model whose scores do not rank them gets none
+            calibration = pseudo_label_calibration(emb, np.asarray(labels), mean, seed=0)
+        except ValueError as exc:
+            calibration = None
+            print(f"warning: {out}: no score calibration stored ({exc})", file=sys.stderr)
         encoder.eval()
         folder = save_model_folder(out, encoder.cpu(), cfg.encoder, cfg.fbank, mean, threshold, source,
-                                   info=info)
+                                   info=info, calibration=calibration)
         save_train_embeddings(folder, store.utts, emb)
     barrier()
     return Path(out)
@@ -241,7 +252,7 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     if cfg.pseudo.embed_seconds == TRAIN_EMBED_SECONDS:
         emb = load_train_embeddings(model_dir, store.utts)
     if emb is None:  # no embeddings saved at export for this model: embed the training set
-        model = load_model(model_dir, device=str(device))
+        model = load_model(model_dir, device=str(device), optimize="fp32" if device.type == "cpu" else False)
         frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
         emb = embed_training_store(model.encoder, frontend.fbank, store, device, cfg.pseudo.embed_seconds,
                                    progress=progress_enabled(cfg.trainer.progress) and is_main(),
