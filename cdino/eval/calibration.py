@@ -143,14 +143,10 @@ def pseudo_label_calibration(emb: np.ndarray, labels: np.ndarray, mean: np.ndarr
     """A calibration fitted without speaker labels: on the trials that set the model
     folder's threshold (:func:`cdino.eval.threshold.pseudo_label_trials` from k-means
     pseudo labels of training utterances), scored as evaluation scores them."""
-    from cdino.eval.threshold import cosine_scores, pseudo_label_trials
+    from cdino.eval.threshold import pseudo_label_scores
 
-    emb = np.asarray(emb)
-    labels = np.asarray(labels)
-    if emb.ndim != 2 or labels.shape != (emb.shape[0],):
-        raise ValueError(f"need emb (N, D) and labels (N,), got {emb.shape} and {labels.shape}")
-    enroll, test, is_target = pseudo_label_trials(labels, n_trials, seed)
-    scores = cosine_scores(emb, enroll, test, mean)
+    scores, is_target = pseudo_label_scores(emb, labels, mean, n_trials, seed)
+    emb, labels = np.asarray(emb), np.asarray(labels)
     n_clusters = int(np.unique(labels[labels >= 0]).size)
     source = (f"fitted without labels on {len(scores)} trials built from k-means ({n_clusters} "
               f"clusters) pseudo labels of {emb.shape[0]} training utterances")

@@ -71,15 +71,22 @@ def cosine_scores(emb: np.ndarray, enroll: np.ndarray, test: np.ndarray,
     return np.einsum("nd,nd->n", x[enroll], x[test])
 
 
-def pseudo_label_threshold(emb: np.ndarray, labels: np.ndarray, mean: np.ndarray | None,
-                           n_trials: int = 20000, seed: int = 0) -> float:
-    """EER threshold of trials built from pseudo labels of training utterances."""
+def pseudo_label_scores(emb: np.ndarray, labels: np.ndarray, mean: np.ndarray | None,
+                        n_trials: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, is_target) of trials built from pseudo labels of training utterances,
+    scored as evaluation scores them (the threshold and the calibration both use them)."""
     emb = np.asarray(emb)
     labels = np.asarray(labels)
     if emb.ndim != 2 or labels.shape != (emb.shape[0],):
         raise ValueError(f"need emb (N, D) and labels (N,), got {emb.shape} and {labels.shape}")
     enroll, test, is_target = pseudo_label_trials(labels, n_trials, seed)
-    scores = cosine_scores(emb, enroll, test, mean)
+    return cosine_scores(emb, enroll, test, mean), is_target
+
+
+def pseudo_label_threshold(emb: np.ndarray, labels: np.ndarray, mean: np.ndarray | None,
+                           n_trials: int = 20000, seed: int = 0) -> float:
+    """EER threshold of trials built from pseudo labels of training utterances."""
+    scores, is_target = pseudo_label_scores(emb, labels, mean, n_trials, seed)
     return float(eer_threshold(scores, is_target))
 
 
