@@ -107,3 +107,19 @@ def write_m4a(path: Path, wave: np.ndarray, rate: int = 16000, bit_rate: int = 6
         for packet in stream.encode(None):
             container.mux(packet)
     return path
+
+
+class StopAt(Exception):
+    """Raised by :func:`stop_after_step`: a run that dies mid-training."""
+
+
+def stop_after_step(method, step: int) -> None:
+    """Make ``method`` raise :class:`StopAt` right after optimiser step ``step`` (a kill)."""
+    orig = method.after_optimizer_step
+
+    def dying(s, epoch):
+        orig(s, epoch)
+        if s == step:
+            raise StopAt()
+
+    method.after_optimizer_step = dying

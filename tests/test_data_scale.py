@@ -20,6 +20,7 @@ from cdino.data.shards import write_shards
 from cdino.methods.dino import DinoMethod
 from cdino.train import checkpoint as ckpt
 from cdino.train.trainer import TrainConfig, Trainer
+from conftest import StopAt, stop_after_step
 
 TINY = {
     "encoder": {"name": "ecapa_tdnn_small"},
@@ -254,20 +255,10 @@ def test_dino_from_shards_equals_the_data_folder_and_resumes_exactly(tiny_data, 
     shards.fit()
     assert_same(weights(shards), weights(folder))
 
-    class Stop(Exception):
-        pass
-
     method = DinoMethod()
     killed = Trainer(cfg, method, DataDir.load(tmp_path / "shards"), tmp_path / "killed")
-    orig = method.after_optimizer_step
-
-    def dying(step, epoch):
-        orig(step, epoch)
-        if step == 2:
-            raise Stop()
-
-    method.after_optimizer_step = dying
-    with pytest.raises(Stop):
+    stop_after_step(method, 2)
+    with pytest.raises(StopAt):
         killed.fit()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")] == [2]
     resumed = Trainer(cfg, DinoMethod(), DataDir.load(tmp_path / "shards"), tmp_path / "killed", resume=True)

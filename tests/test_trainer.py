@@ -19,6 +19,7 @@ from cdino.errors import ConfigError, TrainingError
 from cdino.methods.dino import DinoMethod
 from cdino.train import checkpoint as ckpt
 from cdino.train.trainer import TrainConfig, Trainer
+from conftest import StopAt, stop_after_step
 
 TINY = {
     "encoder": {"name": "ecapa_tdnn_small"},
@@ -34,10 +35,6 @@ TINY = {
 def tiny_cfg(**over) -> TrainConfig:
     cfg = load_config(TrainConfig, TINY)
     return replace(cfg, **over) if over else cfg
-
-
-class StopAt(Exception):
-    pass
 
 
 def test_centre_and_ema_follow_their_formulas(tiny_data, tmp_path):
@@ -98,14 +95,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_data, tmp_path):
     # A run killed after step 3 (its last checkpoint is at step 2), then resumed.
     method = DinoMethod()
     killed = Trainer(cfg, method, data, tmp_path / "killed")
-    orig = method.after_optimizer_step
-
-    def dying(step, epoch):
-        orig(step, epoch)
-        if step == 2:
-            raise StopAt()
-
-    method.after_optimizer_step = dying
+    stop_after_step(method, 2)
     with pytest.raises(StopAt):
         killed.fit()
     steps = [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")]

@@ -355,7 +355,7 @@ class _DirSource:
 
     def __init__(self, data: DataDir, utts: list[str], rate: int) -> None:
         self.data, self.utts, self.rate = data, utts, rate
-        self._known = _read_utt2dur(data)
+        self._known = data.durations() or {}  # utt2dur, read and checked by DataDir.load
 
     def path(self, i: int) -> str:
         return self.data.wav[self.utts[i]]
@@ -396,27 +396,6 @@ class _StoreSource:
 
     def read(self, i: int, offset: int, n: int) -> np.ndarray:
         return self.store.read(i, offset, n)
-
-
-def _read_utt2dur(data: DataDir) -> dict[str, float]:
-    """Durations (seconds) from the folder's ``utt2dur``; empty when there is none."""
-    reader = getattr(data, "durations", None)
-    if callable(reader):
-        try:
-            return dict(reader() or {})
-        except Exception:  # a bad utt2dur is reported by the data layer, not here
-            return {}
-    path = Path(data.root) / "utt2dur"
-    out: dict[str, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                try:
-                    out[parts[0]] = float(parts[1])
-                except ValueError:
-                    return {}
-    return out
 
 
 class _BatchReads(torch.utils.data.Dataset):
