@@ -29,7 +29,7 @@ def cmd_corpus(args) -> int:
     from cdino.corpus.synth import SynthConfig, synthesize
     from cdino.config import from_dict, to_dict
 
-    cfg = SynthConfig.preset(args.preset)
+    cfg = SynthConfig.preset(args.preset, domain=args.domain)
     over = {}
     if args.speakers is not None:
         over["n_train_speakers"] = args.speakers
@@ -248,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("run", help="run a recipe (stages in order, finished ones skipped)")
-    s.add_argument("recipe", help="recipe YAML file (or a built-in name: demo, quick)")
+    s.add_argument("recipe", help="recipe YAML file (or a built-in name: demo, quick, ablations, ablations-quick, adapt, adapt-quick; "
+                                  "a recipe with `kind: adapt` runs the domain-adaptation pipeline)")
     s.add_argument("--out", required=True, help="experiment folder (stages write EXP/<stage>/)")
-    s.add_argument("--from", dest="from_stage", metavar="STAGE", help=from_help)
+    s.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help=from_help + "; adaptation recipes: corpus, source, adapt, oracle, report")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value (KEY: a dotted path into the recipe YAML; repeatable)")
     s.set_defaults(func=cmd_run)
@@ -263,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed (same seed, same corpus; default: the preset's)")
     s.add_argument("--preset", default="default", choices=["default", "quick", "tiny"],
                    help="corpus size: default (the demo's), quick or tiny (default: default)")
+    s.add_argument("--domain", default="default",
+                   help="simulated domain: default (English, mostly wideband) or telephone (8 kHz calls "
+                        "with codecs in eight other languages, other noises, other speakers; docs/corpus.md)")
     s.add_argument("--workers", type=int, help="synthesis processes (default: the preset's)")
     s.set_defaults(func=cmd_corpus)
 

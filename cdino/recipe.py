@@ -6,8 +6,11 @@
     cdino       cluster-aware DINO, continuing from dino
     pseudo      R rounds of audio DLG-LC from cdino            → pseudo_r1..R
     mm          R rounds of audio-visual DLG-LC from cdino     → mm_r1..R (same rounds and steps)
-    ablations   one round each from cdino: gate off / fixed gate / DLG / DLG-LC
-    supervised  the reference: true labels, same encoder, trainer and loss
+    ablations   one round each from cdino: gate off / fixed gate / DLG / DLG-LC, and
+                audio-visual with another face proxy (audio_visual_weak)
+    controls    equal-cost controls: DINO continued for C-DINO's epochs (dino_equal);
+                the supervised reference at the whole pipeline's steps (supervised_full)
+    supervised  the reference: true labels, same encoder, trainer and loss, DINO's steps
     report      results.json + report.md + plots; `final` copied to EXP/model/
 
 Every stage is evaluated on the test trials after it trains, for reporting only: the
@@ -31,8 +34,11 @@ import yaml
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 
-STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised", "report"]
-ABLATIONS = ["gate_off", "fixed_gate", "dlg", "dlg_lc"]
+STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised",
+          "report"]
+ABLATIONS = ["gate_off", "fixed_gate", "dlg", "dlg_lc", "audio_visual_weak"]
+CONTROLS = ["dino_equal", "supervised_full"]
+WEAK_VISUAL = "visual_weak"  # folder beside train/ and test/ in the corpus: the face proxy at weak_visual_noise
 
 
 @dataclass
@@ -42,6 +48,8 @@ class CorpusSpec:
     preset: str = "default"  # default | quick | tiny
     seed: int = 0  # corpus seed
     speakers: int | None = None  # override the preset's training speakers
+    visual_noise: float | None = None  # override the face proxy's difficulty (SynthConfig.visual_noise)
+    weak_visual_noise: float | None = None  # also write the face proxy at this difficulty (corpus/visual_weak/), for the audio_visual_weak ablation
 
 
 @dataclass
@@ -51,6 +59,7 @@ class DataSpec:
     train: str | None = None  # training data folder (used without labels by the self-supervised stages)
     test: str | None = None  # test data folder
     trials: str | None = None  # trials file for the test folder
+    valid: str | None = None  # a held-out part of the training data (label-free validation; see `validation`)
 
 
 @dataclass
@@ -68,9 +77,12 @@ class RecipeConfig:
     multimodal: bool = True  # run the audio-visual rounds
     supervised: dict = field(default_factory=dict)  # overrides of the supervised reference
     run_supervised: bool = True  # train the supervised reference
-    ablations: dict = field(default_factory=dict)  # name → overrides of a one-round run from cdino (gate_off, fixed_gate, dlg, dlg_lc)
+    ablations: dict = field(default_factory=dict)  # name → overrides of a one-round run from cdino (gate_off, fixed_gate, dlg, dlg_lc, audio_visual_weak)
+    controls: dict = field(default_factory=dict)  # equal-cost controls: dino_equal, supervised_full (name → overrides)
+    seeds: list[int] = field(default_factory=list)  # a study: the pipeline once per training seed into EXP/seed{S}/
     final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round)
     bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
+    validation: float = 0.0  # hold out this fraction of the training utterances from every stage and report each stage's label-free validation EER on them (cdino.eval.validation); 0: none
 
 
 def builtin_recipe(name: str) -> Path:
@@ -109,15 +121,82 @@ def _merge(*dicts: dict) -> dict:
     return out
 
 
-class Pipeline:
-    """Runs a recipe into ``out``; see the module docstring."""
+class StagedRun:
+    """Stages in order into ``out``, each marked done by ``out/<stage>/done.json`` (written
+    atomically, last) and skipped on rerun; the recipe pipelines (:class:`Pipeline`,
+    :class:`cdino.adapt.AdaptPipeline`) fill in ``stage_<name>`` methods."""
 
-    def __init__(self, recipe: RecipeConfig, out: Path) -> None:
+    stages: list[str] = []  # in order; the last one (the report) always runs
+    trained: tuple[str, ...] = ()  # stages whose folders are removed by --from (they retrain)
+
+    def __init__(self, recipe, out: Path) -> None:
         self.r = recipe
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         if os.environ.get("RANK", "0") == "0":  # before the process group exists: one writer
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+    def done(self, stage: str) -> bool:
+        return (self.out / stage / "done.json").is_file()
+
+    def mark(self, stage: str, info: dict) -> None:
+        path = self.out / stage / "done.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=1, default=float))
+        tmp.replace(path)
+
+    def stage_info(self, stage: str) -> dict:
+        path = self.out / stage / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def reset_from(self, stage: str) -> None:
+        if stage not in self.stages:
+            raise ConfigError(f"--from: unknown stage '{stage}' (stages: {', '.join(self.stages)})")
+        # Markers go, and training outputs of redone stages too, so they retrain from scratch.
+        for s in self.stages[self.stages.index(stage):]:
+            (self.out / s / "done.json").unlink(missing_ok=True)
+            if s in self.trained:
+                shutil.rmtree(self.out / s, ignore_errors=True)
+
+    def skip(self, stage: str) -> bool:
+        """A stage this recipe does not run at all."""
+        return False
+
+    def run_stages(self) -> None:
+        """Every stage not done, in order, on every rank (``corpus`` and the last stage, the
+        report, on rank 0 only); each marked done by rank 0 when it ends."""
+        from cdino.train.distributed import barrier, is_main
+
+        last = self.stages[-1]
+        for stage in self.stages:
+            if self.skip(stage):
+                continue
+            if self.done(stage) and stage != last:
+                if is_main():
+                    print(f"[{stage}] done, skipped", flush=True)
+                continue
+            if is_main():
+                print(f"[{stage}] running", flush=True)
+            t0 = time.perf_counter()
+            if stage in ("corpus", last) and not is_main():
+                info = {}
+            else:
+                info = getattr(self, f"stage_{stage}")() or {}
+            info.setdefault("seconds", time.perf_counter() - t0)
+            if is_main():
+                self.mark(stage, info)
+            barrier()
+
+
+class Pipeline(StagedRun):
+    """Runs a recipe into ``out``; see the module docstring."""
+
+    stages = STAGES
+    trained = ("dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised")
+
+    def __init__(self, recipe: RecipeConfig, out: Path) -> None:
+        super().__init__(recipe, out)
         self.rounds = self.train_config("pseudo").pseudo.rounds
         self._check_final()
 
@@ -145,8 +224,21 @@ class Pipeline:
 
     # ------------------------------------------------------------------ data
     @property
-    def train_dir(self) -> Path:
+    def source_train_dir(self) -> Path:
+        """The training data as given (or generated), before any validation split."""
         return Path(self.r.data.train) if self.r.data.train else self.out / "corpus" / "train"
+
+    @property
+    def train_dir(self) -> Path:
+        """What every stage trains on: the training data less the validation split."""
+        return self.out / "split" / "train" if self.r.validation > 0 else self.source_train_dir
+
+    @property
+    def valid_dir(self) -> Path | None:
+        """The held-out, label-free validation utterances, or ``None``."""
+        if self.r.data.valid:
+            return Path(self.r.data.valid)
+        return self.out / "split" / "valid" if self.r.validation > 0 else None
 
     @property
     def test_dir(self) -> Path:
@@ -157,24 +249,11 @@ class Pipeline:
         return Path(self.r.data.trials) if self.r.data.trials else self.test_dir / "trials"
 
     # ------------------------------------------------------------------ stages
-    def done(self, stage: str) -> bool:
-        return (self.out / stage / "done.json").is_file()
-
-    def mark(self, stage: str, info: dict) -> None:
-        path = self.out / stage / "done.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1, default=float))
-        tmp.replace(path)
-
-    def reset_from(self, stage: str) -> None:
-        if stage not in STAGES:
-            raise ConfigError(f"--from: unknown stage '{stage}' (stages: {', '.join(STAGES)})")
-        # Markers go, and training outputs of redone stages too, so they retrain from scratch.
-        for s in STAGES[STAGES.index(stage):]:
-            (self.out / s / "done.json").unlink(missing_ok=True)
-            if s in ("dino", "cdino", "pseudo", "mm", "ablations", "supervised"):
-                shutil.rmtree(self.out / s, ignore_errors=True)
+    def skip(self, stage: str) -> bool:
+        return ((stage == "mm" and not self.r.multimodal)
+                or (stage == "supervised" and not self.r.run_supervised)
+                or (stage == "ablations" and not self.r.ablations)
+                or (stage == "controls" and not self.r.controls))
 
     def run(self, from_stage: str | None = None) -> dict:
         """Run the stages in order. Under ``torchrun`` every rank runs every stage together:
@@ -183,32 +262,13 @@ class Pipeline:
         from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
 
         init_distributed(resolve_device(self.train_config("dino").trainer.device))
+        if self.r.seeds:
+            return self._run_study(from_stage)
         if from_stage and is_main():
             self.reset_from(from_stage)
         barrier()
         t_start = time.perf_counter()
-        for stage in STAGES:
-            if stage == "mm" and not self.r.multimodal:
-                continue
-            if stage == "supervised" and not self.r.run_supervised:
-                continue
-            if stage == "ablations" and not self.r.ablations:
-                continue
-            if self.done(stage) and stage != "report":
-                if is_main():
-                    print(f"[{stage}] done, skipped", flush=True)
-                continue
-            if is_main():
-                print(f"[{stage}] running", flush=True)
-            t0 = time.perf_counter()
-            if stage in ("corpus", "report") and not is_main():
-                info = {}
-            else:
-                info = getattr(self, f"stage_{stage}")() or {}
-            info.setdefault("seconds", time.perf_counter() - t0)
-            if is_main():
-                self.mark(stage, info)
-            barrier()
+        self.run_stages()
         if not is_main():
             return {}
         results = json.loads((self.out / "results.json").read_text())
@@ -216,6 +276,43 @@ class Pipeline:
         earlier = f" ({now:.0f} s in this run, the rest in earlier runs)" if total - now > 5 else ""
         print(f"pipeline finished: {total:.0f} s in all{earlier}; see {self.out / 'report.md'}")
         return results
+
+    def _run_study(self, from_stage: str | None) -> dict:
+        """The pipeline once per training seed on one corpus, then the study report."""
+        from dataclasses import replace
+
+        from cdino.study import print_study, summarize, write_study
+        from cdino.train.distributed import barrier, is_main
+
+        if from_stage == "corpus" and is_main():
+            self.reset_from("corpus")
+        if not self.done("corpus"):
+            if is_main():
+                print("[corpus] running", flush=True)
+                t0 = time.perf_counter()
+                info = self.stage_corpus()
+                self.mark("corpus", {**info, "seconds": time.perf_counter() - t0})
+            barrier()
+        t_start = time.perf_counter()
+        valid = self.valid_dir
+        data = DataSpec(train=str(self.train_dir), test=str(self.test_dir), trials=str(self.trials),
+                        valid=str(valid) if valid else None)
+        for seed in self.r.seeds:
+            if is_main():
+                print(f"[seed {seed}] running the pipeline into {self.out / f'seed{seed}'}", flush=True)
+            child = replace(self.r, seeds=[], name=f"{self.r.name}, seed {seed}", data=data, validation=0.0,
+                            base=_merge(self.r.base, {"trainer": {"seed": int(seed)}}))
+            Pipeline(child, self.out / f"seed{seed}").run(None if from_stage == "corpus" else from_stage)
+        if not is_main():
+            return {}
+        summary = summarize(self.out, list(self.r.seeds), n_boot=self.r.bootstrap)
+        summary["seconds"] = {"corpus": float(self.stage_info("corpus").get("seconds", 0.0)),
+                              "seeds": time.perf_counter() - t_start}
+        summary["seconds"]["total"] = summary["seconds"]["corpus"] + summary["seconds"]["seeds"]
+        write_study(self.out, list(self.r.seeds), summary, self.out / "results.json", self.out / "report.md")
+        print_study(summary)
+        print(f"study finished: {summary['seconds']['total']:.0f} s; see {self.out / 'report.md'}")
+        return summary
 
     def evaluate(self, model_dir: Path, name: str) -> dict:
         """Test-trial EER/minDCF of a stage's model (reporting only). Called on every rank:
@@ -228,15 +325,45 @@ class Pipeline:
         edir = self.out / "eval" / name
         if is_main():
             edir.mkdir(parents=True, exist_ok=True)
-        res = run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
-                       scores_out=edir / "scores.txt", progress=False, label=name,
-                       device=str(resolve_device(cfg.trainer.device)), distributed=True, optimize="fp32",
-                       num_workers=cfg.data.num_workers)
-        return dict(res)
+        device = str(resolve_device(cfg.trainer.device))
+        res = dict(run_eval(model_dir, self.test_dir, self.trials, edir / "eval.json",
+                            scores_out=edir / "scores.txt", progress=False, label=name,
+                            device=device, distributed=True, optimize="fp32",
+                            num_workers=cfg.data.num_workers))
+        if self.valid_dir is not None:  # label-free: pseudo-label trials of held-out training utterances
+            from cdino.eval.validation import validation_eer
+
+            res.update(validation_eer(model_dir, self.valid_dir, device=device, distributed=True,
+                                      num_workers=cfg.data.num_workers))
+            if is_main() and res.get("valid_eer") is not None:
+                print(f"[{name}] validation EER {100 * res['valid_eer']:.2f} % (label-free, "
+                      f"{res['valid_utts']} held-out training utterances)", flush=True)
+        return res
 
     def stage_corpus(self) -> dict:
+        info = self._make_corpus()
+        if self.r.validation > 0:
+            info["validation"] = self._split_validation()
+        return info
+
+    def _split_validation(self) -> dict:
+        """``EXP/split/{train,valid}`` (and the weak face proxy's training rows, if any)."""
+        from cdino.eval.validation import split_data_dir, subset_visual
+
+        shutil.rmtree(self.out / "split", ignore_errors=True)
+        train, valid = split_data_dir(self.source_train_dir, self.out / "split", self.r.validation)
+        weak = self.source_train_dir.parent / WEAK_VISUAL
+        if (weak / "train").is_dir():
+            from cdino.data.kaldi_dir import DataDir
+
+            subset_visual(weak / "train", self.weak_visual_dir / "train", DataDir.load(train).utts)
+            shutil.copytree(weak / "test", self.weak_visual_dir / "test")
+        n = {name: len((d / "wav.scp").read_text().splitlines()) for name, d in (("train", train), ("valid", valid))}
+        return {"fraction": self.r.validation, "train_utts": n["train"], "valid_utts": n["valid"]}
+
+    def _make_corpus(self) -> dict:
         if self.r.data.train:
-            for p in (self.train_dir, self.test_dir, self.trials):
+            for p in (self.source_train_dir, self.test_dir, self.trials):
                 if not Path(p).exists():
                     raise DataError(f"recipe data: {p} does not exist")
             return {"source": "data folders"}
@@ -246,14 +373,26 @@ class Pipeline:
         over = {"seed": self.r.corpus.seed}
         if self.r.corpus.speakers:
             over["n_train_speakers"] = self.r.corpus.speakers
+        if self.r.corpus.visual_noise is not None:
+            over["visual_noise"] = self.r.corpus.visual_noise
         cfg = from_dict(SynthConfig, {**to_dict(cfg), **over})
         target = self.out / "corpus"
         shutil.rmtree(target, ignore_errors=True)
         summary = synthesize(target, cfg, progress=True)
+        if self.r.corpus.weak_visual_noise is not None:
+            from cdino.corpus.synth import write_visual_view
+
+            write_visual_view(target, target / WEAK_VISUAL, self.r.corpus.weak_visual_noise)
+            summary["weak_visual_noise"] = self.r.corpus.weak_visual_noise
         return {"summary": summary}
 
+    @property
+    def weak_visual_dir(self) -> Path:
+        """The weak face proxy beside the training and test folders (see ``weak_visual_noise``)."""
+        return self.train_dir.parent / WEAK_VISUAL
+
     def stage_baselines(self) -> dict:
-        from cdino.eval.baselines import fbank_stats_baseline, untrained_model
+        from cdino.eval.baselines import fbank_stats_baseline, untrained_model, visual_only_baseline
         from cdino.train.distributed import is_main
 
         cfg = self.train_config("dino")
@@ -265,18 +404,27 @@ class Pipeline:
             res["fbank_stats"] = fbank_stats_baseline(cfg.fbank, self.train_dir, self.test_dir, self.trials,
                                                       self.out / "eval" / "fbank_stats")
             res["fbank_stats"]["seconds"] = time.perf_counter() - t0
+            # The strength of the second view alone (face proxy), which bounds the audio-visual gain.
+            views = {"visual_only": None, "visual_only_weak": self.weak_visual_dir / "test"}
+            for name, where in views.items():
+                if where is None or where.is_dir():
+                    t0 = time.perf_counter()
+                    got = visual_only_baseline(self.test_dir, self.trials, where)
+                    if got:
+                        res[name] = {**got, "seconds": time.perf_counter() - t0}
         return res
 
-    def _train_stage1(self, method: str, extra: dict | None = None) -> dict:
+    def _train_stage1(self, method: str, extra: dict | None = None, config_stage: str | None = None,
+                      out: Path | None = None, name: str | None = None) -> dict:
         from cdino.train.stages import model_complete, train_dino
 
-        cfg = self.train_config(method, extra)
-        out = self.out / method
+        cfg = self.train_config(config_stage or method, extra)
+        out = out or self.out / method
         t0 = time.perf_counter()
         resume = (out / "checkpoints").is_dir()
         if not model_complete(out / "model"):
             train_dino(cfg, self.train_dir, out, method=method, resume=resume)
-        res = self.evaluate(out / "model", method)
+        res = self.evaluate(out / "model", name or method)
         res["seconds"] = time.perf_counter() - t0
         res["history"] = _read_history(out / "model")
         return res
@@ -321,14 +469,47 @@ class Pipeline:
         for name, over in self.r.ablations.items():
             if name not in ABLATIONS:
                 raise ConfigError(f"recipe key 'ablations.{name}': unknown ablation (known: {', '.join(ABLATIONS)})")
-            if not over and pseudo_r1 is not None:
+            if not over and pseudo_r1 is not None and name != "audio_visual_weak":
                 # No override: the ablation is the main audio round 1 itself (same config and
                 # seed, so a rerun would reproduce it exactly); reuse it instead of retraining.
                 res[name] = {**pseudo_r1, "same_run_as": "pseudo_r1"}
                 continue
-            extra = _merge({"pseudo": {"rounds": 1, "modality": "audio"}}, over)
-            got = self._rounds("ablations", extra, out=self.out / "ablations" / name, prefix=name)
+            arm = {"rounds": 1, "modality": "audio"}
+            if name == "audio_visual_weak":  # the audio-visual round with the weaker face proxy
+                if not (self.weak_visual_dir / "train").is_dir():
+                    raise ConfigError(f"recipe key 'ablations.{name}': needs corpus.weak_visual_noise "
+                                      f"(no {self.weak_visual_dir / 'train'})")
+                arm = {"rounds": 1, "modality": "audio_visual", "visual": str(self.weak_visual_dir / "train")}
+                over = _merge(self.r.mm, over)
+            got = self._rounds("ablations", _merge({"pseudo": arm}, over), out=self.out / "ablations" / name,
+                               prefix=name)
             res[name] = got["rounds"][f"{name}_r1"]
+        return res
+
+    def stage_controls(self) -> dict:
+        """Equal-cost controls: ``dino_equal`` trains DINO on for C-DINO's epochs with
+        C-DINO's schedule (only the cluster-aware positives differ); ``supervised_full``
+        trains the supervised reference for as many steps as DINO + C-DINO + every round."""
+        from cdino.train.stages import model_complete, train_supervised
+
+        res = {}
+        for name, over in self.r.controls.items():
+            if name not in CONTROLS:
+                raise ConfigError(f"recipe key 'controls.{name}': unknown control (known: {', '.join(CONTROLS)})")
+            out = self.out / "controls" / name
+            if name == "dino_equal":
+                res[name] = self._train_stage1("dino", _merge({"dino": {"init": str(self.out / "dino")}}, over or {}),
+                                               config_stage="cdino", out=out, name=name)
+                res[name]["steps"] = _read_info(out / "model").get("steps")
+                continue
+            epochs = (self.train_config("dino").trainer.epochs + self.train_config("cdino").trainer.epochs
+                      + self.rounds * self.train_config("pseudo").trainer.epochs)
+            cfg = self.train_config("supervised", _merge({"trainer": {"epochs": epochs}}, over or {}))
+            t0 = time.perf_counter()
+            if not model_complete(out / "model"):
+                train_supervised(cfg, self.train_dir, out, resume=(out / "checkpoints").is_dir())
+            res[name] = {**self.evaluate(out / "model", name), "seconds": time.perf_counter() - t0,
+                         "steps": _read_info(out / "model").get("steps"), "epochs": epochs}
         return res
 
     def stage_supervised(self) -> dict:
@@ -365,9 +546,6 @@ class Pipeline:
         stage, r = name.rsplit("_r", 1)
         return self.out / stage / f"round{r}" / "model"
 
-    def stage_info(self, stage: str) -> dict:
-        path = self.out / stage / "done.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _read_info(model_dir: Path) -> dict:
@@ -415,6 +593,10 @@ def stage_train_config(source, stage: str, overrides=(), extra: dict | None = No
 
 
 def run_recipe(source, out: Path, from_stage: str | None = None, overrides=()) -> dict:
+    from cdino.adapt import is_adapt_recipe, run_adapt  # `kind: adapt`: the adaptation pipeline
+
+    if is_adapt_recipe(source):
+        return run_adapt(source, out, from_stage, overrides)
     recipe = load_recipe(source, overrides)
     return Pipeline(recipe, out).run(from_stage)
 

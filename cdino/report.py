@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05")
+METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05", "valid_eer")  # valid_eer: label-free (held-out training utterances)
 
 
 def _scores(out: Path, name: str):
@@ -30,7 +30,7 @@ def _with_ci(entry: dict, scores, labels, n_boot: int, seed: int = 0) -> dict:
 
 
 def _metrics(d: dict) -> dict:
-    return {k: float(d[k]) for k in METRIC_KEYS if k in d}
+    return {k: float(d[k]) for k in METRIC_KEYS if d.get(k) is not None}
 
 
 def collect_results(pipe, final: str) -> dict:
@@ -69,7 +69,7 @@ def collect_results(pipe, final: str) -> dict:
     }
     base = pipe.stage_info("baselines")
     results["baselines"] = {}
-    for name in ("untrained", "fbank_stats"):
+    for name in ("untrained", "fbank_stats", "visual_only", "visual_only_weak"):
         if name in base:
             results["baselines"][name] = _with_ci({**_metrics(base[name]),
                                                    "seconds": float(base[name].get("seconds", 0.0))},
@@ -85,13 +85,18 @@ def collect_results(pipe, final: str) -> dict:
         if isinstance(res, dict) and "eer" in res:
             scores_name = "pseudo_r1" if res.get("same_run_as") == "pseudo_r1" else f"{name}_r1"
             results["ablations"][name] = _with_ci({**_metrics(res), "seconds": float(res.get("seconds", 0.0)),
-                                                   "gate": res.get("gate", [])},
+                                                   "gate": res.get("gate", []), "scores": scores_name},
                                                   _scores(out, scores_name), labels, n_boot)
+    results["controls"] = {}
+    for name, res in pipe.stage_info("controls").items():
+        if isinstance(res, dict) and "eer" in res:
+            results["controls"][name] = _with_ci({**_metrics(res), "seconds": float(res.get("seconds", 0.0)),
+                                                  "steps": res.get("steps")}, _scores(out, name), labels, n_boot)
     corpus = pipe.stage_info("corpus")
     # The one total: every stage's recorded wall time (those of earlier runs included) and
     # the report's own, so results.json, report.md and the console say the same number.
     total = sum(float(pipe.stage_info(s).get("seconds", 0.0)) for s in
-                ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "supervised"))
+                ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised"))
     total += time.perf_counter() - getattr(pipe, "report_started", time.perf_counter())
     results["seconds"] = {"corpus": float(corpus.get("seconds", 0.0)), "total": total}
     return results
@@ -117,6 +122,10 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
                     f"{100 * mm[-1]['eer']:.2f} % vs {100 * pseudo[-1]['eer']:.2f} %"))
     sup = results.get("supervised")
     final = by.get(results["final"])
+    if sup and pseudo:
+        ratio = pseudo[-1]["eer"] / max(sup["eer"], 1e-9)
+        out.append(("last audio-only round within 2.0× of the supervised reference", ratio <= 2.0,
+                    f"{100 * pseudo[-1]['eer']:.2f} % vs {100 * sup['eer']:.2f} % (×{ratio:.2f})"))
     if sup and final:
         ratio = final["eer"] / max(sup["eer"], 1e-9)
         out.append(("final self-supervised EER within 1.25× of the supervised reference",
@@ -161,16 +170,19 @@ def write_report(pipe, final: str) -> dict:
              f"({results['test']['n_trials']} trials). Scoring: {results['scoring']}. "
              "EER and minDCF are in %/absolute; 95 % intervals come from a bootstrap over trials. "
              f"The exported model (`model/`) is the recipe's fixed final stage **{final}**; "
-             "nothing was selected on the test trials.", "",
-             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | NMI | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             "nothing was selected on the test trials."
+             + (" *valid EER* is label-free: trials from k-means pseudo labels of training utterances "
+                "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else ""), "",
+             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | NMI | valid EER % | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def row(name, s):
         ci = s.get("eer_ci95")
         ci_txt = f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}" if ci else "–"
         nmi = f"{s['nmi']:.3f}" if "nmi" in s else "–"
         return (f"| {name} | {_fmt_pct(s.get('eer'))} | {ci_txt} | {s.get('mindcf_0.01', float('nan')):.3f} | "
-                f"{s.get('mindcf_0.05', float('nan')):.3f} | {nmi} | {s.get('seconds', 0):.0f} |")
+                f"{s.get('mindcf_0.05', float('nan')):.3f} | {nmi} | {_fmt_pct(s.get('valid_eer'))} | "
+                f"{s.get('seconds', 0):.0f} |")
 
     for name, s in results["baselines"].items():
         lines.append(row(f"baseline: {name}", s))
@@ -183,6 +195,22 @@ def write_report(pipe, final: str) -> dict:
         lines.append(f"The supervised reference trained {sup.get('steps')} steps on true labels with the same "
                      "encoder, trainer and AAM loss (its budget is at least that of the longest self-supervised stage).")
         lines.append("")
+    if results.get("controls"):
+        lines += ["## Equal-cost controls", "",
+                  "`dino_equal`: DINO trained on for C-DINO's epochs with C-DINO's schedule (compare with "
+                  "`cdino`). `supervised_full`: the supervised reference at the steps of DINO + C-DINO + "
+                  "every round.", "",
+                  "| control | EER % | 95 % CI | minDCF 0.01 | steps |", "|---|---|---|---|---|"]
+        for name, s in results["controls"].items():
+            ci = s.get("eer_ci95")
+            lines.append(f"| {name} | {_fmt_pct(s['eer'])} | "
+                         f"{f'{100 * ci[0]:.2f}–{100 * ci[1]:.2f}' if ci else '–'} | {s['mindcf_0.01']:.3f} | "
+                         f"{s.get('steps')} |")
+        lines.append("")
+    if not results["ablations"]:
+        lines += ["Ablations of the loss gate and label correction, the equal-cost controls and "
+                  "their spread over training seeds are the subject of `cdino run ablations` "
+                  "(several seeds, paired comparisons); this run has none.", ""]
     if results["ablations"]:
         lines += ["## Loss-gate ablations (one round from C-DINO each)", "",
                   "| variant | EER % | 95 % CI | minDCF 0.01 |", "|---|---|---|---|"]
@@ -199,12 +227,13 @@ def write_report(pipe, final: str) -> dict:
         lines += ["## Loss gate and label correction per epoch", "",
                   "Gate precision/recall at finding wrong pseudo labels and correction accuracy use the "
                   "training set's true labels as a diagnostic only.", "",
-                  "| stage | epoch | threshold | reliable | corrected | gate precision | gate recall | correction acc. |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| stage | epoch | threshold | reliable | corrected | corrected / unreliable | gate precision | gate recall | correction acc. |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         f = lambda v: "–" if v is None else (f"{v:.3f}" if np.isfinite(v) else "∞")
         for name, g in gate_rows:
             lines.append(f"| {name} | {g.get('epoch', 0) + 1} | {f(g.get('threshold'))} | "
                          f"{f(g.get('reliable_fraction'))} | {f(g.get('corrected_fraction'))} | "
+                         f"{f(g.get('corrected_of_unreliable'))} | "
                          f"{f(g.get('gate_precision'))} | {f(g.get('gate_recall'))} | "
                          f"{f(g.get('correction_accuracy'))} |")
         lines.append("")
@@ -232,6 +261,7 @@ def _print_summary(results: dict) -> None:
     if results.get("supervised"):
         rows.append(("supervised", results["supervised"]))
     rows += [(f"ablation {k}", v) for k, v in results.get("ablations", {}).items()]
+    rows += [(f"control {k}", v) for k, v in results.get("controls", {}).items()]
     for name, s in rows:
         print(f"{name:<22}{100 * s['eer']:>8.2f}{s['mindcf_0.01']:>11.3f}{s['mindcf_0.05']:>11.3f}"
               f"{s.get('seconds', 0.0):>9.0f}")

@@ -41,7 +41,14 @@ def test_quick_demo_writes_results_report_and_model(quick_demo):
         assert s["eer_ci95"][0] <= s["eer"] <= s["eer_ci95"][1]
     for s in res["stages"][2:]:
         assert 0.0 <= s["nmi"] <= 1.0  # clustering diagnostic of every round
-    assert set(res["baselines"]) == {"untrained", "fbank_stats"}
+    assert set(res["baselines"]) == {"untrained", "fbank_stats", "visual_only"}
+    assert res["baselines"]["visual_only"]["eer"] < 0.3  # the face proxy alone is informative
+    # every gated epoch reports which share of its unreliable samples label correction took back
+    gated = [g for s in res["stages"] for g in s.get("gate", []) if g.get("threshold") is not None]
+    assert gated and all(0.0 <= g["corrected_of_unreliable"] <= 1.0 for g in gated)
+    # the visual view learns: round 2 of the audio-visual rounds clusters on round 1's network
+    mm2 = json.loads((out / "mm" / "round2" / "clustering.json").read_text())
+    assert mm2["visual_view"] == "round 1's visual network"
     assert res["baselines"]["fbank_stats"]["eer"] > 0.15  # the corpus is not trivial
     assert {"eer", "mindcf_0.01", "mindcf_0.05", "seconds"} <= set(res["supervised"])
     assert set(res["ablations"]) >= {"gate_off", "dlg_lc"}

@@ -117,3 +117,25 @@ def test_gate_and_correction_fix_flipped_labels():
     assert restored >= 0.85, restored
     assert torch.equal(new[~flagged], noisy[~flagged])  # reliable labels untouched
     assert not corrected[~flagged].any()
+
+
+def test_sharpness_decides_what_is_corrected_among_300_classes():
+    """With the AAM scale 32, a clean segment clearly nearest one of 300 centres (cos 0.6
+    against 0.2) passes the 0.5 threshold at temperature 2 but not at the default 3 (which
+    corrects only near-certain predictions); a merely nearer centre (0.4 against 0.2) is
+    not enough at 2, and at 1 (the classifier's own softmax) even that is corrected."""
+    from cdino.pseudo.label_correction import LabelCorrectionConfig
+
+    cfg = LabelCorrectionConfig()
+    assert cfg.temperature == 3.0
+    cos = torch.full((1, 300), 0.2)
+    cos[0, 7] = 0.6
+    logits = 32.0 * cos
+    lab, unrel = torch.tensor([3]), torch.tensor([True])
+    new, corrected = correct_labels(logits, lab, unrel, cfg.threshold, 2.0)
+    assert corrected.item() and new.item() == 7
+    assert not correct_labels(logits, lab, unrel, cfg.threshold, cfg.temperature)[1].item()
+    near = torch.full((1, 300), 0.2)
+    near[0, 7] = 0.4
+    assert not correct_labels(32.0 * near, lab, unrel, cfg.threshold, 2.0)[1].item()
+    assert correct_labels(32.0 * near, lab, unrel, cfg.threshold, 1.0)[1].item()

@@ -105,6 +105,48 @@ def test_audio_visual_rounds(tmp_path, init_model):
     assert "visual_threshold" in summaries[0]["epochs"][-1]
 
 
+def test_visual_view_learns_across_rounds(tmp_path, init_model):
+    """Round 2 clusters on round 1's visual-network embeddings and continues that network;
+    with refine_visual off every round clusters on the precomputed rows."""
+    from safetensors.torch import load_file
+
+    data_dir = write_speaker_dir(tmp_path / "av", 4, 6, 1.0, visual_dim=8)
+    over = ["trainer.epochs=2", "pseudo.rounds=2", "pseudo.modality=audio_visual", "pseudo.visual_hidden=16"]
+    cfg = load_config(TrainConfig, BASE, overrides=over)
+    summaries = stages.train_pseudo_rounds(cfg, data_dir, init_model, tmp_path / "mm")
+    assert summaries[0]["clustering"]["visual_view"] == "precomputed rows"
+    assert summaries[1]["clustering"]["visual_view"] == "round 1's visual network"
+    r1 = tmp_path / "mm" / "round1"
+    refined = np.load(r1 / "visual_refined.npy")
+    assert refined.shape == (24, 16)  # the MLP's width, one row per utterance
+    state = load_file(str(r1 / "visual_mlp.safetensors"))
+    got = stages.load_refined_visual(r1)
+    assert np.array_equal(got[1], refined) and set(got[0]) == set(state)
+    # rows without a face stay empty; the others are the round-1 network's embeddings
+    n_faces = len(np.load(data_dir / "visual.npy"))
+    assert int((np.abs(refined).sum(1) > 0).sum()) == n_faces
+    assert (tmp_path / "mm" / "round2" / "visual_refined.npy").is_file()
+    off = load_config(TrainConfig, BASE, overrides=over + ["pseudo.refine_visual=false"])
+    again = stages.train_pseudo_rounds(off, data_dir, init_model, tmp_path / "mm_fixed")
+    assert again[1]["clustering"]["visual_view"] == "precomputed rows"
+    assert not (tmp_path / "mm_fixed" / "round1" / "visual_refined.npy").exists()
+
+
+def test_next_round_visual_network_starts_from_the_last():
+    """The visual classifier's MLP is loaded from the previous round's state."""
+    from cdino.methods.pseudo_label import VisualClassifier
+
+    torch.manual_seed(0)
+    prev = VisualClassifier(8, 16, 4, 32.0)
+    m = PseudoLabelMethod(np.arange(6) % 3, visual=np.zeros((6, 8), np.float32),
+                          has_visual=np.ones(6, bool), init_visual=prev.mlp.state_dict())
+    assert m.init_visual is not None
+    fresh = VisualClassifier(8, 16, 3, 32.0)
+    fresh.mlp.load_state_dict(m.init_visual)
+    for a, b in zip(fresh.mlp.parameters(), prev.mlp.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_supervised_reference_trains_on_true_labels(tiny_data, tmp_path):
     cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2"])
     model = stages.train_supervised(cfg, tiny_data, tmp_path / "sup")

@@ -8,6 +8,17 @@ length and voice quality, recorded in several sessions; each session is a channe
 
     cfg = SynthConfig.preset("quick")
     summary = synthesize("data/sim", cfg)
+    target = synthesize("data/sim_tel", SynthConfig.preset("quick", domain="telephone"))
+
+A **domain** (:data:`DOMAINS`, ``SynthConfig.domain``) fixes what differs between
+corpora the way real domains differ: the talkers' espeak-ng languages, the speakers
+themselves (every seed of a domain's speakers is offset, and its speaker ids carry its
+own prefix, so no speaker of one domain recurs in another), the codecs of its telephone
+sessions and its background-noise types; :meth:`SynthConfig.preset` also sets the
+domain's channel mix (``telephone_prob``, ``reverb_prob``, ``snr_db`` ...). ``default``
+is the English corpus; ``telephone`` is telephone calls in eight other languages. The
+default domain draws exactly the random numbers it drew before domains existed: what a
+domain adds comes from a stream of its own, so default corpora are unchanged bit for bit.
 
 Layout (a contract other modules rely on)::
 
@@ -48,7 +59,7 @@ SAMPLE_RATE = 16000
 FORMAT_VERSION = 1
 
 # Streams of the seed tree: SeedSequence([seed, STREAM, ...]).
-_SPEAKER, _SESSION, _UTTERANCE, _FACE_ID, _FACE_SESSION, _FACE_UTT, _TRIALS, _POSE = range(8)
+_SPEAKER, _SESSION, _UTTERANCE, _FACE_ID, _FACE_SESSION, _FACE_UTT, _TRIALS, _POSE, _CHANNEL = range(9)
 
 
 @dataclass
@@ -63,6 +74,7 @@ class SynthConfig:
     max_utt_seconds: float = 4.5  # longest utterance
     visual_dim: int = 128  # dimension of the simulated face embedding
     visual_missing: float = 0.15  # fraction of utterances without a face embedding
+    visual_noise: float = 1.0  # face-proxy difficulty: scales session pose/lighting and utterance noise (1: face-only EER ~10 % on the default test trials; 1.4: ~24 %)
     n_trials: int = 20000  # test trials, half target (cross-session), half non-target
     snr_db: tuple[float, float] = (5.0, 30.0)  # range of a session's additive-noise SNR
     reverb_prob: float = 0.7  # probability that a session is reverberant
@@ -71,6 +83,7 @@ class SynthConfig:
     eq_db: float = 6.0  # largest gain of a session's random equaliser bands
     seed: int = 0  # seed of everything (speakers, texts, channels, trials)
     workers: int = 0  # worker processes; 0 = os.cpu_count()
+    domain: str = "default"  # languages, speakers, codecs and noises (DOMAINS: default | telephone); preset() also sets its channel mix
 
     def validate(self) -> None:
         for key in ("n_train_speakers", "sessions_per_speaker", "utts_per_session",
@@ -90,6 +103,8 @@ class SynthConfig:
             raise ConfigError(f"max_utt_seconds: at most 30, got {self.max_utt_seconds}")
         if not 0.0 <= self.visual_missing < 1.0:
             raise ConfigError(f"visual_missing: must be in [0, 1), got {self.visual_missing}")
+        if not 0.0 <= self.visual_noise <= 10.0:
+            raise ConfigError(f"visual_noise: must be in [0, 10], got {self.visual_noise}")
         for key in ("reverb_prob", "telephone_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key}: must be in [0, 1], got {getattr(self, key)}")
@@ -101,6 +116,8 @@ class SynthConfig:
             raise ConfigError(f"eq_db: must be in [0, 20], got {self.eq_db}")
         if self.seed < 0:
             raise ConfigError(f"seed: must be non-negative, got {self.seed}")
+        if self.domain not in DOMAINS:
+            raise ConfigError(f"domain: unknown domain '{self.domain}' (known: {', '.join(DOMAINS)})")
         if self.workers < 0:
             raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.n_trials < 2:
@@ -120,7 +137,9 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SynthConfig:
-        """A named size: ``default`` (demo), ``quick`` (~30 s to make) or ``tiny`` (tests)."""
+        """A named size: ``default`` (demo), ``quick`` (~30 s to make) or ``tiny`` (tests);
+        ``domain=NAME`` among the overrides also applies that domain's channel mix
+        (:attr:`Domain.channel`), which further overrides replace."""
         presets = {
             "default": {},
             "quick": dict(n_train_speakers=40, n_test_speakers=20, min_utt_seconds=1.5,
@@ -131,7 +150,11 @@ class SynthConfig:
         }
         if name not in presets:
             raise ConfigError(f"unknown corpus preset '{name}' (known: {', '.join(presets)})")
-        return from_dict(cls, {**presets[name], **overrides})  # strict: types, keys, validate
+        domain = overrides.get("domain", "default")
+        if domain not in DOMAINS:
+            raise ConfigError(f"domain: unknown domain '{domain}' (known: {', '.join(DOMAINS)})")
+        channel = dict(DOMAINS[domain].channel)
+        return from_dict(cls, {**presets[name], **channel, **overrides})  # strict: types, keys, validate
 
 
 # --------------------------------------------------------------------------- texts
@@ -227,6 +250,49 @@ _VARIANT_KEYS = ("pitch", "formant", "flutter", "roughness", "breath", "name", "
                  "language", "klatt")
 
 
+# --------------------------------------------------------------------------- domains
+
+# Latin-script languages: espeak-ng reads the English texts with their phonology (and
+# speaks the numbers in the language), an accent and language shift from the default set.
+TELEPHONE_ACCENTS = ("de", "fr", "es-419", "it", "pt-br", "nl", "pl", "tr")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What sets one simulated domain apart from another."""
+
+    accents: tuple[str, ...]  # espeak-ng language voices of its speakers and babble talkers
+    speaker_prefix: str  # speaker ids PREFIX0001 ... (utterances PREFIX0001-s2-u03)
+    speaker_offset: int  # added to the speaker numbers in every seed: other domains' speakers never recur
+    codecs: tuple[tuple[str, float], ...]  # codec of a telephone session (mulaw | alaw | gsm) and its probability
+    noises: tuple[tuple[str, float], ...]  # background noise kinds and probabilities (coloured | hum | babble | street | music | clicks)
+    packet_loss: tuple[float, float]  # range of a telephone session's lost 20 ms frames (fraction; 0: none)
+    channel: tuple[tuple[str, object], ...]  # SynthConfig fields SynthConfig.preset sets for the domain (its channel mix)
+
+    @property
+    def trial_key(self) -> tuple[int, ...]:
+        """Extra seed words of the trial draw (none for the default domain)."""
+        return (self.speaker_offset,) if self.speaker_offset else ()
+
+
+DOMAINS: dict[str, Domain] = {
+    # The English corpus (the demo's). Changing it changes every default corpus.
+    "default": Domain(accents=ACCENTS, speaker_prefix="spk", speaker_offset=0,
+                      codecs=(("mulaw", 1.0),),
+                      noises=(("coloured", 0.55), ("hum", 0.15), ("babble", 0.30)),
+                      packet_loss=(0.0, 0.0), channel=()),
+    # Telephone calls in other languages: mostly 8 kHz band with G.711 or a GSM-like codec
+    # and some lost frames, little reverberation, street / music / office-click noise.
+    "telephone": Domain(accents=TELEPHONE_ACCENTS, speaker_prefix="tel", speaker_offset=1_000_000,
+                        codecs=(("mulaw", 0.35), ("alaw", 0.35), ("gsm", 0.30)),
+                        noises=(("street", 0.30), ("music", 0.20), ("clicks", 0.20),
+                                ("babble", 0.20), ("coloured", 0.10)),
+                        packet_loss=(0.0, 0.04),
+                        channel=(("telephone_prob", 0.9), ("reverb_prob", 0.3), ("rt60_s", (0.1, 0.5)),
+                                 ("snr_db", (3.0, 25.0)))),
+}
+
+
 @dataclass
 class Speaker:
     """One simulated talker: the voice and how it is produced."""
@@ -284,11 +350,13 @@ def _variant_text(rng: np.random.Generator, base: str, f0_low: float, f0_high: f
     return "\n".join(out + lines) + "\n"
 
 
-def make_speaker(seed: int, index: int) -> Speaker:
-    """Speaker number ``index`` (1-based, global over train and test) of corpus ``seed``."""
+def make_speaker(seed: int, index: int, domain: str = "default") -> Speaker:
+    """Speaker number ``index`` of corpus ``seed``: the seed index, global over train and
+    test and including the domain's :attr:`Domain.speaker_offset`; its accent is one of
+    the domain's languages."""
     rng = _seq(seed, _SPEAKER, index)
     gender = "m" if rng.random() < 0.5 else "f"
-    accent = _pick(rng, ACCENTS)
+    accent = _pick(rng, DOMAINS[domain].accents)
     base = _pick(rng, MALE_VARIANTS if gender == "m" else FEMALE_VARIANTS)
     if gender == "m":
         f0 = float(np.clip(95 * np.exp(0.16 * rng.standard_normal()), 65, 140))
@@ -366,6 +434,10 @@ class Session:
     level_db: float  # RMS level of the recording, dBFS
     pitch: float  # the speaker's espeak-ng pitch parameter on that day (50 = own voice)
     rate_factor: float  # and speaking-rate factor
+    codec: str = "mulaw"  # telephone codec: mulaw | alaw | gsm
+    packet_loss: float = 0.0  # fraction of lost 20 ms telephone frames
+    noise_rate: float = 0.0  # street: swell rate (Hz); music: notes per second; clicks: clicks per second
+    noise_base_hz: float = 0.0  # music: the key's lowest note (Hz)
 
 
 def _make_rir(rng: np.random.Generator, rt60: float) -> np.ndarray:
@@ -389,12 +461,12 @@ def _make_rir(rng: np.random.Generator, rt60: float) -> np.ndarray:
     return rir
 
 
-def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
+def _babble(rng: np.random.Generator, seconds: float, accents: tuple[str, ...] = ACCENTS) -> np.ndarray:
     """Several random espeak-ng talkers speaking at once."""
     n = int(seconds * SAMPLE_RATE)
     mix = np.zeros(n)
     for _ in range(int(rng.integers(3, 6))):
-        voice = f"{_pick(rng, ACCENTS)}+{_pick(rng, MALE_VARIANTS + FEMALE_VARIANTS)}"
+        voice = f"{_pick(rng, accents)}+{_pick(rng, MALE_VARIANTS + FEMALE_VARIANTS)}"
         talk, _ = espeak.synthesize(make_sentence(rng, int(seconds * 3) + 2), voice,
                                     rate=int(rng.integers(140, 200)),
                                     pitch=int(rng.integers(30, 70)),
@@ -407,7 +479,11 @@ def _babble(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def make_session(cfg: SynthConfig, index: int, session: int) -> Session:
-    """Session ``session`` (1-based) of speaker ``index``: a channel drawn at random."""
+    """Session ``session`` (1-based) of speaker ``index``: a channel drawn at random.
+
+    The domain's codec, frame loss and noise parameters come from a stream of their own
+    (``_CHANNEL``), so the draws of the default domain are those it always made."""
+    domain = DOMAINS[cfg.domain]
     rng = _seq(cfg.seed, _SESSION, index, session)
     telephone = rng.random() < cfg.telephone_prob
     sos = []
@@ -427,8 +503,15 @@ def make_session(cfg: SynthConfig, index: int, session: int) -> Session:
                           rng.uniform(-g, g), q=rng.uniform(0.7, 2.5)))
     channel_sos = np.concatenate(sos + [np.stack(eq)], axis=0)
     rir = _make_rir(rng, rng.uniform(*cfg.rt60_s)) if rng.random() < cfg.reverb_prob else None
-    kind = ("coloured", "hum", "babble")[int(rng.choice(3, p=[0.55, 0.15, 0.30]))]
-    babble = _babble(rng, cfg.max_utt_seconds + 2.0) if kind == "babble" else None
+    kinds, probs = zip(*domain.noises)
+    kind = kinds[int(rng.choice(len(kinds), p=list(probs)))]
+    babble = _babble(rng, cfg.max_utt_seconds + 2.0, domain.accents) if kind == "babble" else None
+    extra = _seq(cfg.seed, _CHANNEL, index, session)
+    codecs, codec_probs = zip(*domain.codecs)
+    codec = codecs[int(extra.choice(len(codecs), p=list(codec_probs)))]
+    loss = float(extra.uniform(*domain.packet_loss)) if extra.random() < 0.5 else 0.0
+    noise_rate = {"street": extra.uniform(0.05, 0.3), "music": extra.uniform(1.5, 4.0),
+                  "clicks": extra.uniform(3.0, 10.0)}.get(kind, 0.0)
     return Session(
         telephone=telephone, channel_sos=channel_sos, rir=rir, noise_kind=kind,
         noise_slope=float(rng.uniform(-0.5, 2.0)), hum_hz=float(rng.choice([50.0, 60.0])),
@@ -437,6 +520,8 @@ def make_session(cfg: SynthConfig, index: int, session: int) -> Session:
         level_db=float(rng.uniform(-32, -18)),
         pitch=float(np.clip(50 + 5 * rng.standard_normal(), 35, 65)),
         rate_factor=float(np.exp(0.05 * rng.standard_normal())),
+        codec=codec, packet_loss=loss if telephone else 0.0, noise_rate=float(noise_rate),
+        noise_base_hz=float(extra.uniform(110, 220)) if kind == "music" else 0.0,
     )
 
 
@@ -452,10 +537,109 @@ def _noise(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
         for k, amp in enumerate(sess.hum_harmonics, start=1):
             out += amp * np.sin(2 * math.pi * sess.hum_hz * k * t + rng.uniform(0, 2 * math.pi))
         return out
+    if sess.noise_kind in _OTHER_NOISES:
+        return _OTHER_NOISES[sess.noise_kind](sess, rng, n)
     size = sp_fft.next_fast_len(n, real=True)
     spec = sp_fft.rfft(rng.standard_normal(size))
     freqs = np.maximum(sp_fft.rfftfreq(size, 1 / SAMPLE_RATE), 20.0)
     return sp_fft.irfft(spec * freqs ** (-sess.noise_slope / 2), size)[:n]
+
+
+def _street(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Traffic: a low rumble (power ~ f^-2.5, rolled off above 1 kHz) that swells as
+    vehicles pass (``noise_rate`` Hz)."""
+    size = sp_fft.next_fast_len(n, real=True)
+    freqs = np.maximum(sp_fft.rfftfreq(size, 1 / SAMPLE_RATE), 20.0)
+    shape = freqs ** -1.25 / (1 + (freqs / 1000) ** 4)
+    rumble = sp_fft.irfft(sp_fft.rfft(rng.standard_normal(size)) * shape, size)[:n]
+    t = np.arange(n) / SAMPLE_RATE
+    return rumble * (1 + 0.8 * np.sin(2 * math.pi * sess.noise_rate * t + rng.uniform(0, 2 * math.pi)))
+
+
+def _music(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Background music: plucked notes of a pentatonic scale over ``noise_base_hz``,
+    ``noise_rate`` notes per second, each with five decaying harmonics."""
+    out = 0.01 * rng.standard_normal(n)
+    step = max(1, int(SAMPLE_RATE / sess.noise_rate))
+    for start in range(0, n, step):
+        t = np.arange(min(2 * step, n - start)) / SAMPLE_RATE
+        f = sess.noise_base_hz * 2 ** (_pick(rng, (0, 2, 4, 7, 9, 12, 14, 16)) / 12)
+        tone = sum(0.6 ** h * np.sin(2 * math.pi * f * (h + 1) * t) for h in range(5))
+        out[start:start + len(t)] += np.exp(-t * rng.uniform(1.5, 4.0)) * tone
+    return out
+
+
+def _clicks(sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
+    """An office: sparse keyboard-like clicks (4–20 ms decaying bursts, ``noise_rate``
+    per second) over a faint floor, high-passed at 800 Hz."""
+    out = 0.03 * rng.standard_normal(n)
+    for _ in range(int(rng.poisson(sess.noise_rate * n / SAMPLE_RATE))):
+        at, length = int(rng.integers(n)), int(rng.uniform(0.004, 0.02) * SAMPLE_RATE)
+        burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / 4))
+        out[at:at + length] += rng.uniform(0.5, 1.5) * burst[: n - at]
+    return signal.sosfilt(signal.butter(2, 800, btype="highpass", fs=SAMPLE_RATE, output="sos"), out)
+
+
+_OTHER_NOISES = {"street": _street, "music": _music, "clicks": _clicks}
+
+
+# --------------------------------------------------------------------------- codecs
+
+def _mulaw(x: np.ndarray) -> np.ndarray:
+    """G.711 mu-law: 8 bits, logarithmic (mu = 255), relative to the peak."""
+    peak = np.max(np.abs(x)) + 1e-9
+    mu = np.sign(x / peak) * np.log1p(255 * np.abs(x / peak)) / math.log(256)
+    mu = np.round(mu * 127) / 127
+    return np.sign(mu) * np.expm1(np.abs(mu) * math.log(256)) / 255 * peak
+
+
+def _alaw(x: np.ndarray) -> np.ndarray:
+    """G.711 A-law: 8 bits, A = 87.6, relative to the peak."""
+    a, log_a = 87.6, 1 + math.log(87.6)
+    peak = np.max(np.abs(x)) + 1e-9
+    y = np.abs(x) / peak
+    c = np.where(y < 1 / a, a * y / log_a, (1 + np.log(np.maximum(a * y, 1.0))) / log_a)
+    c = np.round(c * 127) / 127
+    y = np.where(c < 1 / log_a, c * log_a / a, np.exp(c * log_a - 1) / a)
+    return np.sign(x) * y * peak
+
+
+def _gsm(x: np.ndarray) -> np.ndarray:
+    """GSM-like (not the real RPE-LTP coder): pre-emphasis, 20 ms blocks each quantised
+    to 4 bits under a block scale on a 64-step log grid, de-emphasis; coarse noise that
+    follows the speech envelope."""
+    e = signal.lfilter([1.0, -0.86], [1.0], x)
+    n = len(e)
+    blocks = np.pad(e, (0, -n % 160)).reshape(-1, 160)
+    scale = np.max(np.abs(blocks), axis=1, keepdims=True) + 1e-9
+    scale = 2.0 ** (np.round(np.log2(scale) * 4) / 4)  # 1.5 dB steps
+    q = np.clip(np.round(blocks / scale * 7.5), -8, 7) / 7.5 * scale
+    return signal.lfilter([1.0], [1.0, -0.86], q.reshape(-1)[:n])
+
+
+_CODECS = {"mulaw": _mulaw, "alaw": _alaw, "gsm": _gsm}
+
+
+def _lose_frames(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Lost 20 ms frames (at 8 kHz) concealed by repeating the previous frame at half
+    level (silence after two losses in a row)."""
+    x = x.copy()
+    frames = len(x) // 160
+    lost = np.nonzero(rng.random(frames) < fraction)[0]
+    for k in lost:
+        prev = x[(k - 1) * 160:k * 160] if k > 0 else np.zeros(160)
+        x[k * 160:(k + 1) * 160] = 0.5 * prev
+    return x
+
+
+def _telephone(x: np.ndarray, sess: Session, rng: np.random.Generator, n: int) -> np.ndarray:
+    """The 8 kHz telephone path: resample, the session's codec, lost frames, back to 16 kHz."""
+    x = soxr.resample(x, SAMPLE_RATE, 8000)
+    x = _CODECS[sess.codec](x)
+    if sess.packet_loss > 0:  # no draw otherwise: the default domain's generator is untouched
+        x = _lose_frames(x, sess.packet_loss, rng)
+    x = soxr.resample(x, 8000, SAMPLE_RATE)[:n]
+    return np.pad(x, (0, n - len(x)))
 
 
 # --------------------------------------------------------------------------- utterances
@@ -526,14 +710,8 @@ def _record(dry: np.ndarray, sess: Session, rng: np.random.Generator, seconds: f
     noise = _noise(sess, rng, n)
     snr = sess.snr_db + rng.uniform(-2, 2)
     x = x + noise * math.sqrt(speech / (10 ** (snr / 10)) / (np.mean(noise ** 2) + 1e-12))
-    if sess.telephone:  # 8 kHz mu-law codec
-        x = soxr.resample(x, SAMPLE_RATE, 8000)
-        peak = np.max(np.abs(x)) + 1e-9
-        mu = np.sign(x / peak) * np.log1p(255 * np.abs(x / peak)) / math.log(256)
-        mu = np.round(mu * 127) / 127
-        x = np.sign(mu) * np.expm1(np.abs(mu) * math.log(256)) / 255 * peak
-        x = soxr.resample(x, 8000, SAMPLE_RATE)[:n]
-        x = np.pad(x, (0, n - len(x)))
+    if sess.telephone:  # 8 kHz codec
+        x = _telephone(x, sess, rng, n)
     x = signal.sosfilt(sess.channel_sos, x)
     level = sess.level_db + rng.uniform(-2, 2)
     x *= 10 ** (level / 20) / math.sqrt(np.mean(x ** 2) + 1e-12)
@@ -546,7 +724,7 @@ def _record(dry: np.ndarray, sess: Session, rng: np.random.Generator, seconds: f
 def _speaker_job(job: tuple) -> list[tuple[str, str, int, int, float]]:
     """Write all utterances of one speaker; return ``(utt, path, session, utt_no, seconds)``."""
     cfg, split_dir, index, spk = job
-    speaker = make_speaker(cfg.seed, index)
+    speaker = make_speaker(cfg.seed, index, cfg.domain)
     rows = []
     for s in range(1, cfg.sessions_per_speaker + 1):
         sess = make_session(cfg, index, s)
@@ -594,12 +772,12 @@ def make_visual(cfg: SynthConfig,
             identity[index] = v / np.linalg.norm(v)
         if (index, s) not in session:
             rng = _seq(cfg.seed, _FACE_SESSION, index, s)
-            offset = basis @ (0.30 * rng.standard_normal(pose_dim)) + (
-                0.45 / math.sqrt(d)) * rng.standard_normal(d)
+            offset = cfg.visual_noise * (basis @ (0.30 * rng.standard_normal(pose_dim)) + (
+                0.45 / math.sqrt(d)) * rng.standard_normal(d))
             session[(index, s)] = (offset, rng.random() < p_sess)
         offset, missing = session[(index, s)]
         rng = _seq(cfg.seed, _FACE_UTT, index, s, u)
-        noise = (0.35 / math.sqrt(d)) * rng.standard_normal(d)
+        noise = (cfg.visual_noise * 0.35 / math.sqrt(d)) * rng.standard_normal(d)
         if missing or rng.random() < p_utt:
             continue
         e = identity[index] + offset + noise
@@ -607,6 +785,36 @@ def make_visual(cfg: SynthConfig,
         rows.append(e / np.linalg.norm(e))
     emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, d), np.float32)
     return keep_ids, emb
+
+
+def write_visual_view(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                      visual_noise: float) -> dict:
+    """The face proxy of an existing corpus again, at another ``visual_noise``: writes
+    ``out_dir/{train,test}/visual.npy + visual_utts.txt`` for the same utterances (same
+    identities, poses and missing faces; only the noise scale differs), so a run can use
+    a weaker or stronger visual view with the same audio (``pseudo.visual``)."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    record = json.loads((corpus_dir / "corpus.json").read_text())
+    cfg = from_dict(SynthConfig, {**record["config"], "visual_noise": float(visual_noise)})
+    summary = {}
+    for split in ("train", "test"):
+        rows = []
+        for line in (corpus_dir / split / "utt2spk").read_text().splitlines():
+            utt, spk = line.split()
+            s, u = utt.rsplit("-", 2)[1:]
+            domain = DOMAINS[cfg.domain]
+            index = domain.speaker_offset + int(spk[len(domain.speaker_prefix):])
+            rows.append((utt, index, int(s[1:]), int(u[1:])))
+        ids, emb = make_visual(cfg, rows)
+        d = out_dir / split
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "visual.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb)
+        os.replace(tmp, d / "visual.npy")
+        _write_text(d / "visual_utts.txt", ids)
+        summary[split] = len(ids)
+    return summary
 
 
 # --------------------------------------------------------------------------- trials
@@ -617,7 +825,7 @@ def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tupl
     ``utts`` holds ``(utt, speaker, session)``. Pairs are unordered and never repeated;
     the draw depends only on the seed.
     """
-    rng = _seq(cfg.seed, _TRIALS)
+    rng = _seq(cfg.seed, _TRIALS, *DOMAINS[cfg.domain].trial_key)
     n_target = cfg.n_trials // 2
     n_nontarget = cfg.n_trials - n_target
     spk = np.unique([u[1] for u in utts], return_inverse=True)[1]
@@ -696,13 +904,15 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
     start = time.perf_counter()
     n_total = cfg.n_train_speakers + cfg.n_test_speakers
     width = max(4, len(str(n_total)))
+    domain = DOMAINS[cfg.domain]
     splits = {"train": range(1, cfg.n_train_speakers + 1),
               "test": range(cfg.n_train_speakers + 1, n_total + 1)}
     jobs, where = [], {}
-    for split, indices in splits.items():
+    for split, numbers in splits.items():
         (out / split).mkdir(exist_ok=True)
-        for index in indices:
-            spk = f"spk{index:0{width}d}"
+        for number in numbers:
+            spk = f"{domain.speaker_prefix}{number:0{width}d}"
+            index = domain.speaker_offset + number  # the speaker's seed index
             jobs.append((cfg, str(out / split), index, spk))
             where[spk] = (split, index)
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
@@ -742,7 +952,8 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
                                        for a, b, y in trials])
             summary[split]["trials"] = len(trials)
             summary[split]["target_trials"] = sum(y for _, _, y in trials)
-    genders = [make_speaker(cfg.seed, i).gender for i in range(1, n_total + 1)]
+    genders = [make_speaker(cfg.seed, domain.speaker_offset + i, cfg.domain).gender
+               for i in range(1, n_total + 1)]
     summary["female_speakers"] = genders.count("f")
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["workers"] = workers

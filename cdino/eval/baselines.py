@@ -1,5 +1,6 @@
 """Reference points every learned model must beat: an untrained encoder, and the cosine of
-per-utterance mean and standard deviation of log-mel fbank (no learning at all)."""
+per-utterance mean and standard deviation of log-mel fbank (no learning at all); and the
+strength of the second view alone (cosine of the visual rows on the test trials)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
     store = open_store(DataDir.load(train_dir), cfg.data, progress=progress)
     # On every rank (under torchrun): the ranks embed the training set together.
     return export_model(encoder, cfg, store, resolve_device(cfg.trainer.device), out,
-                        {"method": "untrained"}, progress=progress)
+                        {"method": "untrained"}, progress=progress, embed_all=False)
 
 
 @torch.no_grad()
@@ -73,3 +74,28 @@ def fbank_stats_baseline(cfg: FbankConfig, train_dir, test_dir, trials_path, out
         for e, t, s in zip(trials.enroll, trials.test, scores):
             f.write(f"{e} {t} {s:.6f}\n")
     return res
+
+
+def visual_only_baseline(test_dir, trials_path, visual_dir=None) -> dict:
+    """EER/minDCF of the visual view alone: cosine of the two sides' visual rows, on the
+    trials whose both sides have one (``n_trials`` says how many). This measures how
+    strong a (simulated) face view is, which bounds what the audio-visual rounds can gain."""
+    from cdino.data.kaldi_dir import read_visual
+
+    test = DataDir.load(test_dir)
+    got = read_visual(visual_dir or test.root)
+    if got is None:
+        return {}
+    ids, vis = got
+    row = {u: i for i, u in enumerate(ids)}
+    trials = read_trials(trials_path)
+    keep = [i for i, (e, t) in enumerate(zip(trials.enroll, trials.test)) if e in row and t in row]
+    if not keep:
+        return {}
+    v = vis / np.maximum(np.linalg.norm(vis, axis=1, keepdims=True), 1e-12)
+    a = v[[row[trials.enroll[i]] for i in keep]]
+    b = v[[row[trials.test[i]] for i in keep]]
+    scores = (a * b).sum(1)
+    labels = np.asarray(trials.labels)[keep]
+    return {"eer": eer(scores, labels), "mindcf_0.01": min_dcf(scores, labels, 0.01),
+            "mindcf_0.05": min_dcf(scores, labels, 0.05), "n_trials": int(len(labels))}

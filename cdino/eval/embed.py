@@ -382,20 +382,24 @@ class _DirSource:
 
 
 class _StoreSource:
-    """Utterances of a training store (:mod:`cdino.data.loader`): memory, files or shards."""
+    """Utterances of a training store (:mod:`cdino.data.loader`): memory, files or shards;
+    with ``rows``, only those store rows (in that order)."""
 
-    def __init__(self, store) -> None:
-        self.store, self.utts = store, list(store.utts)
+    def __init__(self, store, rows: Sequence[int] | None = None) -> None:
+        self.store = store
+        self.rows = list(range(len(store))) if rows is None else [int(r) for r in rows]
+        utts = store.utts
+        self.utts = [utts[r] for r in self.rows]
 
     def path(self, i: int) -> str:
         paths = getattr(self.store, "paths", None)
-        return paths[i] if paths is not None else self.utts[i]
+        return paths[self.rows[i]] if paths is not None else self.utts[i]
 
     def lengths(self, indices: Sequence[int]) -> list[int | AudioError]:
-        return [int(self.store.num_samples(i)) for i in indices]
+        return [int(self.store.num_samples(self.rows[i])) for i in indices]
 
     def read(self, i: int, offset: int, n: int) -> np.ndarray:
-        return self.store.read(i, offset, n)
+        return self.store.read(self.rows[i], offset, n)
 
 
 class _BatchReads(torch.utils.data.Dataset):
@@ -510,9 +514,11 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
                        on_shard: Callable[[int], None] | None = None, *, store=None,
                        max_seconds: float | None = None, quantum_seconds: float = 0.0,
                        num_workers: int = 0, distributed: bool = False,
-                       desc: str = "embeddings") -> tuple[list[str], np.ndarray]:
+                       desc: str = "embeddings", store_rows: Sequence[int] | None = None
+                       ) -> tuple[list[str], np.ndarray]:
     """Full-utterance embeddings of a data folder's utterances (or the subset ``utts``), or
-    of a training ``store``'s utterances (``store=``, in store order).
+    of a training ``store``'s utterances (``store=``, in store order; ``store_rows``: only
+    those rows, in that order).
 
     ``encoder`` maps ``(B, T, 80)`` fbank to ``(B, D)`` and must already be in eval mode
     (this function never changes a module's mode); ``fbank`` maps ``(B, samples)`` to
@@ -549,7 +555,7 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
     device = torch.device(device)
     rate = int(_fbank_setting(fbank, "sample_rate", SAMPLE_RATE))
     if store is not None:
-        source = _StoreSource(store)
+        source = _StoreSource(store, store_rows)
         data = None
     else:
         if data_dir is None:
@@ -662,26 +668,28 @@ def _gather_shards(results: dict) -> dict:
 
 def embed_training_store(encoder: nn.Module, fbank: nn.Module, store, device: torch.device,
                          max_seconds: float, progress: bool = False, desc: str = "embedding",
-                         num_workers: int = 0) -> np.ndarray:
-    """(N, D) float32 embeddings of every utterance of a training store, in store order, for
-    clustering: the central ``max_seconds`` of each, lengths rounded down to 0.1 s so that
-    batches stack exactly. Call on every rank: the work is split over the process group.
-    The encoder is embedded in eval mode and put back in the mode it had."""
+                         num_workers: int = 0, rows: Sequence[int] | None = None) -> np.ndarray:
+    """(N, D) float32 embeddings of every utterance of a training store, in store order (or
+    of the store ``rows`` given, in that order), for clustering: the central
+    ``max_seconds`` of each, lengths rounded down to 0.1 s so that batches stack exactly.
+    Call on every rank: the work is split over the process group. The encoder is
+    embedded in eval mode and put back in the mode it had."""
     was_training = encoder.training
     encoder.eval()
     try:
         utts, emb = extract_embeddings(encoder, fbank, store=store, device=device, max_seconds=max_seconds,
                                        quantum_seconds=0.1, batch_frames=24_000, distributed=True,
                                        progress=progress, desc=desc, num_workers=num_workers,
-                                       amp=device.type == "cuda", skip_bad=True)
+                                       amp=device.type == "cuda", skip_bad=True, store_rows=rows)
     finally:
         if was_training:
             encoder.train()
-    if len(utts) == len(store):
+    wanted = list(store.utts) if rows is None else [store.utts[r] for r in rows]
+    if len(utts) == len(wanted):
         return emb
-    # A file that failed to read keeps its row (zeros), so rows stay in store order.
-    full = np.zeros((len(store), emb.shape[1] if emb.size else getattr(encoder, "embed_dim", 1)), np.float32)
-    row = {u: i for i, u in enumerate(store.utts)}
+    # A file that failed to read keeps its row (zeros), so rows stay in the order asked for.
+    full = np.zeros((len(wanted), emb.shape[1] if emb.size else getattr(encoder, "embed_dim", 1)), np.float32)
+    row = {u: i for i, u in enumerate(wanted)}
     full[[row[u] for u in utts]] = emb
     return full
 

@@ -67,6 +67,7 @@ class PseudoLabelConfig:
     visual: str | None = None  # data folder holding visual.npy + visual_utts.txt (None: the training data folder)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     visual_hidden: int = 256  # width of the visual classifier's MLP
+    refine_visual: bool = True  # the visual view learns across rounds: round r+1 clusters on round r's visual-MLP embeddings and continues that MLP (False: every round starts from the precomputed rows)
     plots: bool = True  # loss-gate histogram PNG per epoch
     large_margin_epochs: int = 0  # optional large-margin fine-tuning epochs after the last round
     large_margin: float = 0.5  # margin of that fine-tuning
@@ -112,11 +113,12 @@ class PseudoLabelMethod(Method):
                  true_labels: np.ndarray | None = None, round_index: int = 1,
                  plot_dir: Path | None = None, name: str | None = None,
                  margin: float | None = None, segment_seconds: float | None = None,
-                 class_centres: np.ndarray | None = None) -> None:
+                 class_centres: np.ndarray | None = None, init_visual: dict | None = None) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_centres = class_centres
         self.n_classes = int(self.labels.max()) + 1
         self.init_encoder = init_encoder
+        self.init_visual = init_visual
         self.visual_np, self.has_visual_np = visual, has_visual
         self.true_np = true_labels
         self.round_index = round_index
@@ -136,6 +138,8 @@ class PseudoLabelMethod(Method):
         vis = None
         if self.multimodal:
             vis = VisualClassifier(self.visual_np.shape[1], self.pc.visual_hidden, self.n_classes, self.pc.scale)
+            if self.init_visual is not None:  # the previous round's visual network (its MLP; new classes)
+                vis.mlp.load_state_dict(self.init_visual)
             self.visual = torch.from_numpy(self.visual_np.astype(np.float32)).to(dev)
             self.has_visual = torch.from_numpy(self.has_visual_np.astype(bool)).to(dev)
         self.student = AAMModel(encoder, self.n_classes, self.pc.scale, vis)
@@ -315,7 +319,8 @@ class PseudoLabelMethod(Method):
         seen = max(1.0, c["seen"])
         out = {"round": self.round_index, "threshold": self._threshold(self.gate_a),
                "reliable_fraction": 1.0 - c["unreliable"] / seen,
-               "corrected_fraction": c["corrected"] / seen}
+               "corrected_fraction": c["corrected"] / seen,
+               "corrected_of_unreliable": c["corrected"] / max(1.0, c["unreliable"])}
         if self.gate_v is not None:
             out["visual_threshold"] = self._threshold(self.gate_v)
         if self.ctx.world_size > 1:  # one gate for all ranks: check it, and show it
@@ -362,3 +367,23 @@ class PseudoLabelMethod(Method):
 
     def export_encoder(self) -> nn.Module:
         return self.student.encoder
+
+    def visual_state(self) -> dict | None:
+        """The visual network (the classifier's MLP) as trained this round, on the CPU."""
+        if self.student.visual is None:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in self.student.visual.mlp.state_dict().items()}
+
+    @torch.no_grad()
+    def refined_visual(self) -> np.ndarray | None:
+        """The visual view as this round learnt it: the MLP's embeddings of every row (eval
+        mode; rows without a visual view stay zero), for the next round's clustering."""
+        if self.student.visual is None:
+            return None
+        mlp = self.student.visual.mlp
+        was = mlp.training
+        mlp.eval()
+        out = torch.cat([mlp(chunk) for chunk in self.visual.split(4096)]).float()
+        mlp.train(was)
+        out = out * self.has_visual[:, None].float()
+        return out.cpu().numpy()

@@ -6,10 +6,22 @@ segment is turned into class probabilities with a sharpened softmax,
 
     p = softmax(logits / temperature),   logits = scale * cos(embedding, class weights)
 
-(the AAM-softmax logits *without* the margin; a lower ``temperature`` sharpens). With the
-usual AAM scale (30–32) plain ``softmax(scale * cos)`` calls almost any prediction
-certain, so the default temperature (3) brings the probabilities back to a range where
-the 0.5 threshold means a confident prediction. When the
+(the AAM-softmax logits *without* the margin; a lower ``temperature`` sharpens).
+
+The sharpness decides whether correction does anything. Measured on the simulated
+corpus at the demo's budget (rounds of 3 epochs, correction from the second;
+``bench/results/ablations/select_temperature.json``, BENCHMARKS.md): the classifier's own
+softmax (``temperature = 1``, AAM scale 32) and 1.5 call almost every unreliable sample
+certain after one epoch; the corrections, nearly all to wrong classes, are trained on,
+make the classifier surer of them, and within the round 85–95 % of the samples are
+"corrected" and the round collapses — a runaway visible without labels (the corrected
+fraction climbs while the reliable fraction falls towards zero). ``temperature = 2``
+(lowest validation EER in that selection) ran away the same way on the demo's full
+training set. ``temperature = 3`` (the default) is stable but corrects under 1 % of the
+samples there, so DLG-LC is then close to DLG. With longer rounds the classifier's
+predictions become trustworthy before correction starts, which is the regime the method
+was designed for; ``start_epoch`` and ``threshold`` are the settings to revisit there.
+When the
 top probability reaches ``threshold`` the sample is trained on the arg-max class instead
 of being dropped; the other unreliable samples stay excluded by the caller.
 """
@@ -31,7 +43,7 @@ class LabelCorrectionConfig:
 
     enabled: bool = True  # correct unreliable samples (False: they are only dropped)
     threshold: float = 0.5  # minimum top probability of the sharpened softmax
-    temperature: float = 3.0  # softmax(scale*cos / temperature): with the AAM scale 32 this is softmax(~10.7 cos); lower is sharper
+    temperature: float = 3.0  # softmax(scale*cos / temperature); 1: the classifier's own softmax, which runs away at short rounds (module docstring)
     start_epoch: int = 1  # first epoch of a round (0-based) that corrects labels
 
     def validate(self) -> None:

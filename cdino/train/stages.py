@@ -34,6 +34,7 @@ from cdino.train.distributed import barrier, init_distributed, is_main, resolve_
 
 
 TRAIN_EMBED_SECONDS = 20.0  # longest central part of a training utterance embedded for the model folder / clustering
+EXPORT_SUBSET = 2000  # training utterances a model folder's mean, threshold and calibration come from, when no later stage clusters on its embeddings
 
 
 def _digest(path: Path) -> str:
@@ -73,10 +74,15 @@ def model_complete(folder: Path) -> bool:
 
 
 def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, embed_all: bool = True) -> Path:
     """Write a model folder: mean embedding, a label-free threshold and a label-free score
     calibration (``calibration.json``), both from trials built from k-means pseudo labels
     of the training utterances.
+
+    ``embed_all``: embed every training utterance and keep the embeddings beside the
+    folder for the next stage's clustering (:func:`save_train_embeddings`); otherwise
+    (no later stage clusters on them) a fixed random :data:`EXPORT_SUBSET` of them is
+    enough for the mean, threshold and calibration.
 
     Call on every rank: the training set is embedded by all ranks together; rank 0 writes.
     """
@@ -88,10 +94,13 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
 
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     encoder = encoder.to(device)
+    rows = None
+    if not embed_all and len(store) > EXPORT_SUBSET:
+        rows = np.sort(np.random.default_rng(0).choice(len(store), EXPORT_SUBSET, replace=False))
     emb = embed_training_store(inference_copy(encoder, device), frontend.fbank, store, device,
                                TRAIN_EMBED_SECONDS,
                                progress=progress and is_main(), num_workers=cfg.data.num_workers,
-                               desc="embedding training set for the model folder")
+                               desc="embedding training set for the model folder", rows=rows)
     if is_main():
         mean = emb.mean(axis=0)
         k = int(np.clip(len(emb) // 20, 2, 6000))
@@ -107,7 +116,8 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
         encoder.eval()
         folder = save_model_folder(out, encoder.cpu(), cfg.encoder, cfg.fbank, mean, threshold, source,
                                    info=info, calibration=calibration)
-        save_train_embeddings(folder, store.utts, emb)
+        if rows is None:
+            save_train_embeddings(folder, store.utts, emb)
     barrier()
     return Path(out)
 
@@ -130,8 +140,9 @@ def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: 
     encoder = trainer.final_encoder()
     info = {"method": method, "steps": trainer.step, "epochs": cfg.trainer.epochs,
             "train_seconds": time.perf_counter() - t0, "history": history}
+    # C-DINO's model is where the pseudo-label rounds start: they cluster on its embeddings.
     return export_model(encoder, cfg, trainer.store, trainer.device, out / "model", info,
-                        progress=progress_enabled(cfg.trainer.progress))
+                        progress=progress_enabled(cfg.trainer.progress), embed_all=method == "cdino")
 
 
 def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
@@ -158,7 +169,7 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
     info = {"method": "supervised", "steps": trainer.step, "train_seconds": time.perf_counter() - t0,
             "history": history}
     return export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
-                        progress=progress_enabled(cfg.trainer.progress))
+                        progress=progress_enabled(cfg.trainer.progress), embed_all=False)
 
 
 def load_visual_for(store_utts: list[str], cfg: TrainConfig, data: DataDir):
@@ -194,6 +205,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         visual, has_visual = load_visual_for(store.utts, cfg, data)
     init_state = {k: v.clone() for k, v in load_model(init).encoder.state_dict().items()}
     prev_model = Path(init)
+    prev_visual = None  # (visual-MLP state, refined rows) of the previous round
     summaries = []
     for r in range(1, pc.rounds + 1):
         rdir = out / f"round{r}"
@@ -201,14 +213,19 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         if model_complete(rdir / "model") and summary_path.is_file():
             summaries.append(json.loads(summary_path.read_text()))
             prev_model = rdir / "model"
+            prev_visual = load_refined_visual(rdir) if visual is not None and pc.refine_visual else None
             continue
         t0 = time.perf_counter()
         rdir.mkdir(parents=True, exist_ok=True)
         labels_path = rdir / "labels.npy"
         if not labels_path.is_file():
             # All ranks embed together; rank 0 clusters and saves; every rank reads the labels.
-            labels, cl_info = _cluster_round(cfg, prev_model, store, device, visual, has_visual, true,
+            cluster_visual = visual if prev_visual is None else prev_visual[1]
+            labels, cl_info = _cluster_round(cfg, prev_model, store, device, cluster_visual, has_visual, true,
                                              seed=cfg.trainer.seed + r)
+            if cl_info is not None and visual is not None:
+                cl_info["visual_view"] = ("precomputed rows" if prev_visual is None
+                                          else f"round {r - 1}'s visual network")
         if not labels_path.is_file() and is_main():
             np.save(rdir / "class_centres.npy", cl_info.pop("class_centres"))
             write_utt2cluster(rdir / "utt2cluster", store.utts, labels)
@@ -219,13 +236,19 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         labels = np.load(labels_path)
         cl_info = json.loads((rdir / "clustering.json").read_text())
         start = init_state if (pc.restart_from_init or r == 1) else load_model(prev_model).encoder.state_dict()
+        init_visual = prev_visual[0] if prev_visual is not None and not pc.restart_from_init else None
         method = PseudoLabelMethod(labels, init_encoder=start, visual=visual, has_visual=has_visual,
                                    true_labels=true, round_index=r, plot_dir=rdir / "plots",
-                                   name=f"round{r}", class_centres=np.load(rdir / "class_centres.npy"))
+                                   name=f"round{r}", class_centres=np.load(rdir / "class_centres.npy"),
+                                   init_visual=init_visual)
         trainer = Trainer(cfg, method, data, rdir, resume=resume or (rdir / "checkpoints").is_dir(),
                           store=store)
         history = trainer.fit()
         encoder = trainer.final_encoder()
+        if visual is not None and pc.refine_visual:
+            prev_visual = (method.visual_state(), method.refined_visual())
+            if is_main():
+                save_refined_visual(rdir, *prev_visual)
         if pc.large_margin_epochs and r == pc.rounds:
             centres = method.student.aam.weight.detach().cpu().numpy()
             encoder = _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true, centres)
@@ -233,7 +256,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
                    "seconds": time.perf_counter() - t0}
         export_model(encoder, cfg, store, device, rdir / "model",
                      {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
-                     progress=progress_enabled(cfg.trainer.progress))
+                     progress=progress_enabled(cfg.trainer.progress), embed_all=r < pc.rounds)
         if is_main():
             summary_path.write_text(json.dumps(summary, indent=1))
         barrier()
@@ -242,6 +265,27 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         summaries.append(summary)
         prev_model = rdir / "model"
     return summaries
+
+
+def save_refined_visual(rdir: Path, state: dict, rows: np.ndarray) -> None:
+    """A round's visual network (``visual_mlp.safetensors``) and its embeddings of the
+    training rows (``visual_refined.npy``), which the next round clusters on."""
+    from safetensors.torch import save_file
+
+    tmp = rdir / "visual_refined.tmp.npy"
+    np.save(tmp, rows.astype(np.float32))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(rdir / "visual_mlp.tmp.safetensors"))
+    Path(rdir / "visual_mlp.tmp.safetensors").replace(rdir / "visual_mlp.safetensors")
+    tmp.replace(rdir / "visual_refined.npy")
+
+
+def load_refined_visual(rdir: Path):
+    """``(state, rows)`` saved by :func:`save_refined_visual`, or ``None``."""
+    from safetensors.torch import load_file
+
+    if not ((rdir / "visual_refined.npy").is_file() and (rdir / "visual_mlp.safetensors").is_file()):
+        return None
+    return load_file(str(rdir / "visual_mlp.safetensors")), np.load(rdir / "visual_refined.npy")
 
 
 def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
