@@ -52,7 +52,7 @@ from scipy import signal
 
 from cdino.config import from_dict, to_dict
 from cdino.corpus import espeak
-from cdino.data.kaldi_dir import format_seconds
+from cdino.data.kaldi_dir import format_seconds, write_visual
 from cdino.errors import ConfigError
 
 SAMPLE_RATE = 16000
@@ -806,13 +806,7 @@ def write_visual_view(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
             index = domain.speaker_offset + int(spk[len(domain.speaker_prefix):])
             rows.append((utt, index, int(s[1:]), int(u[1:])))
         ids, emb = make_visual(cfg, rows)
-        d = out_dir / split
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "visual.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, emb)
-        os.replace(tmp, d / "visual.npy")
-        _write_text(d / "visual_utts.txt", ids)
+        write_visual(out_dir / split, ids, emb)
         summary[split] = len(ids)
     return summary
 
@@ -937,11 +931,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         _write_text(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
                                     for spk in spks])
         ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], r[3]) for r, spk in utts])
-        tmp = d / "visual.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, emb)
-        os.replace(tmp, d / "visual.npy")
-        _write_text(d / "visual_utts.txt", ids)
+        write_visual(d, ids, emb)
         seconds = sum(r[4] for r, _ in utts)
         summary[split] = {"speakers": len(spks), "utterances": len(utts),
                           "hours": round(seconds / 3600, 4),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -511,6 +511,18 @@ def read_enroll_map(path: PathLike) -> EnrollMap:
     if not emap.utts:
         raise DataError(f"{path}: no enrolments")
     return emap
+
+
+def write_visual(data_dir: PathLike, utts: Sequence[str], emb: np.ndarray) -> None:
+    """Write a data folder's visual embeddings (``visual.npy`` + ``visual_utts.txt``, the
+    form :func:`read_visual` reads), each file through a temporary file."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / "visual.npy.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    os.replace(tmp, root / "visual.npy")
+    _atomic_write_lines(root / "visual_utts.txt", utts)
 
 
 def read_visual(data_dir: PathLike, *, known: set[str] | Mapping[str, object] | None = None

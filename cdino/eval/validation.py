@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdino.data.kaldi_dir import DataDir, read_visual, write_data_dir
+from cdino.data.kaldi_dir import DataDir, read_visual, write_data_dir, write_visual
 from cdino.errors import ConfigError, DataError
 
 __all__ = ["held_out", "split_data_dir", "subset_visual", "validation_eer"]
@@ -78,12 +78,7 @@ def subset_visual(src: str | Path, dst: str | Path, utts) -> bool:
     ids, rows = visual
     wanted = set(utts)
     keep = [i for i, u in enumerate(ids) if u in wanted]
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / "visual.tmp.npy"
-    np.save(tmp, rows[keep])
-    (dst / "visual_utts.txt").write_text("".join(ids[i] + "\n" for i in keep))
-    tmp.replace(dst / "visual.npy")
+    write_visual(dst, [ids[i] for i in keep], rows[keep])
     return True
 
 
