@@ -9,7 +9,8 @@ their sibling is descheduled (see ``cdino/threads.py``). Goal: slowdown <= 2.5.
 
     python bench/bench_cpu_load.py                         # quick corpus generated in a temp folder
     python bench/bench_cpu_load.py --corpus /tmp/h3q/corpus --epochs 1
-    python bench/bench_cpu_load.py --omp-wait-policy libgomp  # the behaviour before, for comparison
+    python bench/bench_cpu_load.py --omp-wait-policy passive  # sleeping OpenMP workers, for comparison
+    python bench/bench_cpu_load.py --set trainer.threads=0   # auto threads (2 alone) and the load governor
     python bench/bench_cpu_load.py --threads 1               # CDINO_THREADS=1 in every job
 
 ``--corpus`` takes a corpus folder (with ``train/``) or a training data folder (with
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="CDINO_THREADS for every job (default: cdino's auto)")
     ap.add_argument("--omp-wait-policy", default="default-cdino",
                     choices=["default-cdino", "passive", "active", "libgomp"],
-                    help="OMP_WAIT_POLICY of the jobs (default-cdino: what cdino sets, passive; "
-                         "libgomp: the OpenMP runtime's own default, as before cdino set it)")
+                    help="OMP_WAIT_POLICY of the jobs (default-cdino: none set, the OpenMP runtime's "
+                         "own spin-then-sleep, as cdino leaves it; libgomp: the same, forced by an empty value)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a value of the DINO config (repeatable)")
     ap.add_argument("--timeout", type=float, default=0.0,
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     "data": str(data), "epochs": cfg["trainer"]["epochs"],
                     "global_batch": cfg["trainer"]["global_batch"], "overrides": args.set,
                     "threads_env": env.get("CDINO_THREADS", "auto"),
-                    "omp_wait_policy": {None: "PASSIVE (set by cdino)", "": "libgomp default"}.get(
+                    "omp_wait_policy": {None: "libgomp default (cdino sets none)", "": "libgomp default"}.get(
                         env.get("OMP_WAIT_POLICY"), env.get("OMP_WAIT_POLICY"))},
             "machine": {**info, "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
         }

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
                      "valid_eer": val["valid_eer"], "valid_utts": val["valid_utts"],
                      "corrected_fraction": last.get("corrected_fraction"),
                      "corrected_of_unreliable": last.get("corrected_of_unreliable"),
+                     "corrected_classes_effective": last.get("corrected_classes_effective"),
                      "correction_accuracy_diagnostic": last.get("correction_accuracy"),
                      "seconds": time.perf_counter() - t0})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

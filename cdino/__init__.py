@@ -4,12 +4,6 @@ DINO → Cluster-Aware DINO → iterative pseudo-label training with a dynamic l
 label correction (DLG-LC), audio-only or audio-visual, evaluated after every stage.
 """
 
-from cdino.threads import prefer_passive_waiting as _prefer_passive_waiting
-
-# Before anything loads torch: idle OpenMP threads sleep instead of spinning, so a
-# busy core elsewhere does not stall every step (see cdino/threads.py).
-_prefer_passive_waiting()
-
 __version__ = "0.1.0"
 
 

@@ -226,14 +226,17 @@ def write_report(pipe, final: str) -> dict:
     if gate_rows:
         lines += ["## Loss gate and label correction per epoch", "",
                   "Gate precision/recall at finding wrong pseudo labels and correction accuracy use the "
-                  "training set's true labels as a diagnostic only.", "",
-                  "| stage | epoch | threshold | reliable | corrected | corrected / unreliable | gate precision | gate recall | correction acc. |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "training set's true labels as a diagnostic only. \"Classes corrected into\" (label-free) is "
+                  "the effective number of classes the corrections went to, exp(entropy): a small count means "
+                  "corrections pile into a few classes, the sign of a runaway.", "",
+                  "| stage | epoch | threshold | reliable | corrected | corrected / unreliable | classes corrected into | gate precision | gate recall | correction acc. |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         f = lambda v: "–" if v is None else (f"{v:.3f}" if np.isfinite(v) else "∞")
         for name, g in gate_rows:
+            into = g.get("corrected_classes_effective")
             lines.append(f"| {name} | {g.get('epoch', 0) + 1} | {f(g.get('threshold'))} | "
                          f"{f(g.get('reliable_fraction'))} | {f(g.get('corrected_fraction'))} | "
-                         f"{f(g.get('corrected_of_unreliable'))} | "
+                         f"{f(g.get('corrected_of_unreliable'))} | {'–' if into is None else f'{into:.0f}'} | "
                          f"{f(g.get('gate_precision'))} | {f(g.get('gate_recall'))} | "
                          f"{f(g.get('correction_accuracy'))} |")
         lines.append("")

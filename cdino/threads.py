@@ -15,16 +15,25 @@ Number of intra-op threads (``pick_threads``), first match wins:
    0.46 s). ``OMP_NUM_THREADS`` is not read here: ``torchrun`` sets it to 1 for every
    rank by default, which would starve CPU ranks; use ``CDINO_THREADS`` instead.
 
-Waiting: OpenMP threads that finish their share of a parallel region spin (burn a core)
-before they sleep. When another process holds one of the cores, the spinning thread
-steals time from the one it waits for and a step can take many times longer. cdino asks
-for passive waiting (``OMP_WAIT_POLICY=PASSIVE``: sleep at once) — see
-:func:`prefer_passive_waiting`, called by ``cdino/__init__.py``. OpenMP reads the variable
-once, when torch (or faiss) loads it, so it only takes effect when ``cdino`` is imported
-before ``torch``, as the ``cdino`` command does; a value already in the environment is
-kept (``OMP_WAIT_POLICY=ACTIVE`` restores spinning).
+While a trainer runs, :class:`ThreadGovernor` repeats that measurement every few seconds
+(auto mode only) and moves the count down when another process takes a core and back up
+when it leaves; a new count must be seen twice in a row before it is applied. CPU steal
+(time the hypervisor gives to other machines) is not counted as another process: the
+cores are still this machine's, and spreading the work over both still pays.
 
-This module imports torch only inside :func:`apply_threads`.
+Waiting: OpenMP threads that finish their share of a parallel region spin briefly before
+they sleep (libgomp's default). Alone, that is what makes two threads pay: the demo's
+DINO step on 2 idle cores took 0.36 s with it against 0.65 s with passive waiting
+(``OMP_WAIT_POLICY=PASSIVE``, sleep at once), no faster than one thread (0.60 s;
+``bench/results/thread_policy.json``). When another process holds one of the cores, a
+spinning thread steals time from the one it waits for, and a step can take many times
+longer. cdino therefore keeps the default waiting and avoids the stall by the thread
+count: the governor drops to one thread, which never waits for a sibling, once another
+process takes a core (with a busy loop on the machine: 0.70 s a step, against 0.58 s with
+passive waiting). ``OMP_WAIT_POLICY`` set in the environment is left as it is (PASSIVE
+suits a machine whose load changes faster than the governor's interval).
+
+This module imports torch only inside functions (:func:`apply_threads`, :meth:`ThreadGovernor.poll`).
 """
 
 from __future__ import annotations
@@ -33,11 +42,6 @@ import os
 from collections.abc import Mapping
 
 ENV_THREADS = "CDINO_THREADS"
-
-
-def prefer_passive_waiting(environ=None) -> None:
-    """Ask OpenMP runtimes loaded later in this process to sleep rather than spin when idle."""
-    (os.environ if environ is None else environ).setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def available_cores() -> int:
@@ -110,21 +114,64 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
                 name, *fields = line.split()
                 if int(name[3:]) not in cpus:
                     continue
-                # user nice system idle iowait irq softirq steal (guest time is inside user)
+                # user nice system idle iowait irq softirq steal (guest time is inside user);
+                # steal is other machines' time, not a process here: not counted as busy
                 v = [int(x) for x in fields[:8]] + [0] * max(0, 8 - len(fields))
                 total += sum(v)
-                busy += sum(v) - v[3] - v[4]
+                busy += sum(v) - v[3] - v[4] - v[7]
                 seen += 1
     except (OSError, ValueError):
         return None
     return (busy, total) if seen else None
 
 
+def _children_cpu_seconds() -> float:
+    """CPU seconds of this process's live children (DataLoader workers are this job too)."""
+    total = 0.0
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                for pid in f.read().split():
+                    try:
+                        with open(f"/proc/{pid}/stat") as g:
+                            fields = g.read().rsplit(")", 1)[1].split()
+                        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+                    except (OSError, ValueError, IndexError):
+                        continue
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return total
+
+
 def _own_cpu_seconds() -> float:
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime + _children_cpu_seconds()
+
+
+def _sample(cpus: set[int]) -> tuple[tuple[int, int] | None, float, float]:
+    import time
+
+    return _cpu_ticks(cpus), _own_cpu_seconds(), time.perf_counter()
+
+
+def _others(a, b, cpus: set[int]) -> float:
+    """Cores' worth of CPU time other processes used on ``cpus`` between two samples."""
+    (ta, own_a, t_a), (tb, own_b, t_b) = a, b
+    if ta is None or tb is None or tb[1] <= ta[1]:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    others = (tb[0] - ta[0]) / tick - (own_b - own_a)
+    return max(0.0, min(float(len(cpus)), others / max(t_b - t_a, 1e-3)))
+
+
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def busy_elsewhere(seconds: float = 0.15) -> float:
@@ -132,21 +179,55 @@ def busy_elsewhere(seconds: float = 0.15) -> float:
     ``seconds`` sample (this process's own use subtracted); 0.0 where /proc/stat is missing."""
     import time
 
-    try:
-        cpus = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
+    cpus = _affinity()
+    if cpus is None:
         return 0.0
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    a, own_a, t_a = _cpu_ticks(cpus), _own_cpu_seconds(), time.perf_counter()
-    if a is None:
+    a = _sample(cpus)
+    if a[0] is None:
         return 0.0
     time.sleep(seconds)
-    b, own_b, t_b = _cpu_ticks(cpus), _own_cpu_seconds(), time.perf_counter()
-    if b is None or b[1] <= a[1]:
-        return 0.0
-    wall = t_b - t_a
-    others = (b[0] - a[0]) / tick - (own_b - own_a)
-    return max(0.0, min(float(len(cpus)), others / max(wall, 1e-3)))
+    return _others(a, _sample(cpus), cpus)
+
+
+class ThreadGovernor:
+    """Follows other processes' load while a long loop runs (auto mode only).
+
+    Call :meth:`poll` once per step: every ``interval`` seconds it measures the CPU time
+    other processes took on this process's cores since the last measurement (no sleep),
+    re-picks the count with :func:`pick_threads` and applies a new count once two
+    measurements in a row agree on it. Returns the count it applied, else None.
+    """
+
+    def __init__(self, configured: int = 0, interval: float = 5.0, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.configured, self.interval = configured, interval
+        self.cpus = _affinity() if _override(configured, env) == 0 else None
+        self.last = _sample(self.cpus) if self.cpus else None
+        self.pending: int | None = None
+
+    def poll(self) -> int | None:
+        import time
+
+        if self.last is None:
+            return None
+        t = time.perf_counter()
+        if t - self.last[2] < self.interval:
+            return None
+        import torch
+
+        now = (_cpu_ticks(self.cpus), _own_cpu_seconds(), t)
+        busy = _others(self.last, now, self.cpus)
+        self.last = now
+        n = pick_threads(self.configured, cores=len(self.cpus), busy=busy)
+        if n == torch.get_num_threads():
+            self.pending = None
+            return None
+        if self.pending != n:
+            self.pending = n
+            return None
+        torch.set_num_threads(n)
+        self.pending = None
+        return n
 
 
 def apply_threads(configured: int = 0) -> int:

@@ -121,21 +121,79 @@ def test_gate_and_correction_fix_flipped_labels():
 
 def test_sharpness_decides_what_is_corrected_among_300_classes():
     """With the AAM scale 32, a clean segment clearly nearest one of 300 centres (cos 0.6
-    against 0.2) passes the 0.5 threshold at temperature 2 but not at the default 3 (which
-    corrects only near-certain predictions); a merely nearer centre (0.4 against 0.2) is
-    not enough at 2, and at 1 (the classifier's own softmax) even that is corrected."""
-    from cdino.pseudo.label_correction import LabelCorrectionConfig
-
+    against 0.2) passes the 0.5 threshold at the default temperature 1.5 but not at 3
+    (which corrects only near-certain predictions); a merely nearer centre (0.4 against
+    0.2) is not enough at 1.5, and at 1 (the classifier's own softmax) even that is
+    corrected."""
     cfg = LabelCorrectionConfig()
-    assert cfg.temperature == 3.0
+    assert cfg.temperature == 1.5 and cfg.align
     cos = torch.full((1, 300), 0.2)
     cos[0, 7] = 0.6
     logits = 32.0 * cos
     lab, unrel = torch.tensor([3]), torch.tensor([True])
-    new, corrected = correct_labels(logits, lab, unrel, cfg.threshold, 2.0)
+    new, corrected = correct_labels(logits, lab, unrel, cfg.threshold, cfg.temperature)
     assert corrected.item() and new.item() == 7
-    assert not correct_labels(logits, lab, unrel, cfg.threshold, cfg.temperature)[1].item()
+    assert not correct_labels(logits, lab, unrel, cfg.threshold, 3.0)[1].item()
     near = torch.full((1, 300), 0.2)
     near[0, 7] = 0.4
-    assert not correct_labels(32.0 * near, lab, unrel, cfg.threshold, 2.0)[1].item()
+    assert not correct_labels(32.0 * near, lab, unrel, cfg.threshold, cfg.temperature)[1].item()
     assert correct_labels(32.0 * near, lab, unrel, cfg.threshold, 1.0)[1].item()
+
+
+def test_distribution_alignment_damps_a_hub_class():
+    """Three equally large pseudo classes; every sample of a batch is predicted class 0
+    ("a hub") with 0.6. Alignment divides by the running mean prediction, so the hub no
+    longer passes the 0.5 threshold, while a batch predicted at the prior rate is left as
+    it is."""
+    from cdino.pseudo.label_correction import DistributionAlignment
+
+    prior = torch.tensor([100, 100, 100])
+    hub = torch.tensor([[0.6, 0.25, 0.15], [0.6, 0.15, 0.25]]).repeat(8, 1)
+    da = DistributionAlignment(prior, momentum=0.0)  # mean = this batch's mean prediction
+    aligned = da(hub)
+    assert torch.allclose(aligned.sum(1), torch.ones(len(hub)))
+    assert aligned[:, 0].max() < 0.5 < hub[:, 0].min()
+    lab, unrel = torch.full((len(hub),), 2), torch.ones(len(hub), dtype=torch.bool)
+    assert correct_labels(hub.log(), lab, unrel, 0.5)[1].all()
+    assert not correct_labels(aligned.log(), lab, unrel, 0.5)[1].any()
+
+    balanced = torch.eye(3) * 0.7 + 0.1  # each class predicted once with 0.8
+    da = DistributionAlignment(prior, momentum=0.0)
+    assert torch.allclose(da(balanced), balanced, atol=1e-6)
+
+
+def test_distribution_alignment_prior_is_the_pseudo_label_share_and_state_round_trips():
+    from cdino.pseudo.label_correction import DistributionAlignment
+
+    da = DistributionAlignment(torch.tensor([3, 1]), momentum=0.5)
+    assert torch.allclose(da.prior, torch.tensor([0.75, 0.25]))
+    # a class predicted exactly at its prior share is unchanged
+    p = torch.tensor([[0.75, 0.25]])
+    assert torch.allclose(da(p), p)
+    da(torch.tensor([[0.25, 0.75]]))  # running mean moves halfway: (0.5, 0.5)
+    assert torch.allclose(da.mean, torch.tensor([0.5, 0.5]))
+    other = DistributionAlignment(torch.tensor([3, 1]), momentum=0.5)
+    other.load_state_dict(da.state_dict())
+    q = torch.tensor([[0.5, 0.5]])
+    assert torch.allclose(other(q.clone()), da(q.clone()))
+    with pytest.raises(ConfigError, match="align_momentum"):
+        from_dict(LabelCorrectionConfig, {"align_momentum": 1.0})
+
+
+def test_cap_moves_keeps_the_most_confident_moves_per_class():
+    from cdino.pseudo.label_correction import cap_moves
+
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    new = torch.tensor([1, 1, 1, 1, 1, 0])  # four moves into 1, one confirmation (idx 3), one into 0
+    corrected = torch.tensor([True, True, True, True, True, True])
+    conf = torch.tensor([0.6, 0.9, 0.7, 0.99, 0.8, 0.55])
+    room = torch.tensor([0.5, 2.7, 5.0])  # class 1 takes two more moves, class 0 none (whole samples)
+    got, kept = cap_moves(labels, new, corrected, conf, room)
+    # moves into 1 ranked by confidence: idx 1 (0.9), 4 (0.8), 2 (0.7), 0 (0.6) -> keep 1 and 4
+    assert kept.tolist() == [False, True, False, True, True, False]
+    assert got.tolist() == [0, 1, 0, 1, 1, 2]  # dropped moves keep their old label
+    # no room limit: nothing changes
+    got, kept = cap_moves(labels, new, corrected, conf, torch.full((3,), 10.0))
+    assert torch.equal(got, new) and kept.all()
+    with pytest.raises(ConfigError, match="max_moves_per_class"):
+        from_dict(LabelCorrectionConfig, {"max_moves_per_class": -1})

@@ -74,6 +74,13 @@ def test_dynamic_gate_with_correction_flags_flipped_labels(tiny_data, tmp_path):
     assert gated, history
     assert all(0.0 < h["reliable_fraction"] <= 1.0 for h in gated)
     assert any(h["corrected_fraction"] > 0 for h in gated)
+    # label-free spread of the corrections over classes, between 1 and the class count
+    spread = [h["corrected_classes_effective"] for h in gated if h["corrected_fraction"] > 0]
+    assert spread and all(1.0 <= x <= 4.0 + 1e-6 for x in spread), spread
+    # distribution alignment is on by default and its running mean is checkpointed
+    state = method.state_dict()
+    assert "align" in state and state["align"]["mean"].shape == (4,)
+    assert torch.isclose(state["align"]["mean"].sum(), torch.tensor(1.0), atol=1e-4)
     assert all("gate_recall" in h for h in gated)  # diagnostics from true labels are logged
     assert list((tmp_path / "plots").glob("*.png")), "a loss-gate plot per gated epoch"
 
@@ -170,3 +177,52 @@ def test_same_seed_same_pseudo_labels_and_eer(tiny_data, tmp_path, init_model):
                        progress=False)
         results.append((labels, res["eer"], res["mindcf_0.01"]))
     assert results[0] == results[1]
+
+
+def test_dlg_lc_round_resumes_to_the_uninterrupted_model(tiny_data, tmp_path):
+    """A DLG-LC round killed inside a correcting epoch and resumed ends with the same
+    weights as the uninterrupted round: gate losses, fit and the alignment's running
+    mean prediction are all in the checkpoint."""
+    from conftest import StopAt, stop_after_step
+    from cdino.train import checkpoint as ckpt
+
+    over = ["trainer.epochs=3", "trainer.checkpoint_every=5"]
+    cfg = load_config(TrainConfig, BASE, overrides=over)
+    data = DataDir.load(tiny_data)
+    true = data.speaker_labels()[0]
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.random(len(true)) < 0.3, (true + 1) % 4, true)
+
+    full = Trainer(cfg, PseudoLabelMethod(noisy), data, tmp_path / "full")
+    history = full.fit()
+    assert any(h["corrected_fraction"] > 0 for h in history), history
+    per_epoch = full.method.steps_per_epoch_value
+    method = PseudoLabelMethod(noisy)
+    killed = Trainer(cfg, method, data, tmp_path / "killed")
+    stop_at = 2 * per_epoch + 1  # inside the third epoch, which corrects
+    stop_after_step(method, stop_at)
+    with pytest.raises(StopAt):
+        killed.fit()
+    assert ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")
+    resumed_method = PseudoLabelMethod(noisy)
+    resumed = Trainer(cfg, resumed_method, data, tmp_path / "killed", resume=True)
+    resumed.fit()
+    want, got = full.method.student.state_dict(), resumed_method.student.state_dict()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    assert torch.equal(full.method.align.mean, resumed_method.align.mean)
+
+
+def test_move_cap_bounds_the_samples_moved_per_epoch(tiny_data, tmp_path):
+    data = DataDir.load(tiny_data)
+    true = data.speaker_labels()[0]
+    rng = np.random.default_rng(0)
+    noisy = np.where(rng.random(len(true)) < 0.3, (true + 1) % 4, true)
+    free, _ = _run_round(tiny_data, tmp_path / "free", ["trainer.epochs=4", "pseudo.correction.temperature=1.0"],
+                         labels=noisy)
+    capped, _ = _run_round(tiny_data, tmp_path / "capped", ["trainer.epochs=4", "pseudo.correction.temperature=1.0",
+                                                            "pseudo.correction.max_moves_per_class=0.2"], labels=noisy)
+    assert max(h["moved_fraction"] for h in free) > 0.2, free  # without the cap more move
+    # each class (6 samples) takes at most 20 % of its size, one whole sample, per epoch
+    assert all(h["moved_fraction"] <= 4 / 24 + 1e-9 for h in capped), capped
+    assert any(h["moved_fraction"] > 0 for h in capped), capped

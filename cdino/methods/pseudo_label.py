@@ -41,7 +41,7 @@ from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.registry import build_encoder
 from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, multimodal_reliable
 from cdino.pseudo.kmeans import KMeansConfig
-from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels
+from cdino.pseudo.label_correction import DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_labels
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
 from cdino.train.distributed import all_reduce_sum
 from cdino.train.schedules import linear_warmup
@@ -154,6 +154,15 @@ class PseudoLabelMethod(Method):
         self.gate_v = LossGate(self.pc.gate, n, device=dev) if self.multimodal else None
         fused_rule = self.multimodal and self.pc.fusion.reliability == "fused"
         self.gate_f = LossGate(self.pc.gate, n, device=dev) if fused_rule else None
+        self.align = None
+        if self.pc.correction.enabled and self.pc.correction.align:
+            prior = torch.bincount(self.label_t, minlength=self.n_classes)
+            self.align = DistributionAlignment(prior, self.pc.correction.align_momentum)
+        self.move_cap = None
+        if self.pc.correction.enabled and self.pc.correction.max_moves_per_class > 0:
+            # per rank: each rank sees 1 / world_size of the epoch
+            size = torch.bincount(self.label_t, minlength=self.n_classes).float()
+            self.move_cap = self.pc.correction.max_moves_per_class * size / ctx.world_size
         self.fit_a = self.fit_v = None
         self.fit_epoch = -1
         self.epoch_log: list[dict] = []
@@ -174,6 +183,9 @@ class PseudoLabelMethod(Method):
         z = lambda: torch.zeros((), device=self.ctx.device)
         self.count = {k: z() for k in ("seen", "unreliable", "corrected", "wrong",
                                        "unreliable_wrong", "corrected_right")}
+        # Label-free: how many corrections each class received this epoch.
+        self.count["corrected_into"] = torch.zeros(self.n_classes, device=self.ctx.device)
+        self.count["moved_into"] = torch.zeros(self.n_classes, device=self.ctx.device)
 
     def dataset(self):
         lo, hi = self._seconds()
@@ -258,13 +270,18 @@ class PseudoLabelMethod(Method):
             y_final, corrected = y, torch.zeros_like(reliable)
             if clean_cos is not None:
                 c = self.pc.correction
-                logits = clean_cos * self.pc.scale
+                probs = F.softmax(clean_cos * self.pc.scale / c.temperature, -1)
                 if cos_v is not None:
-                    probs = joint_prediction(F.softmax(logits / c.temperature, -1),
-                                             F.softmax(cos_v.detach().float() * self.pc.scale / c.temperature, -1),
+                    probs = joint_prediction(probs, F.softmax(cos_v.detach().float() * self.pc.scale / c.temperature, -1),
                                              has_v)
-                    logits = torch.log(probs.clamp_min(1e-12)) * c.temperature
+                if self.align is not None:
+                    probs = self.align(probs)
+                # log-probabilities times the temperature: correct_labels' softmax gives probs back
+                logits = torch.log(probs.clamp_min(1e-12)) * c.temperature
                 y_final, corrected = correct_labels(logits, y, ~reliable, c.threshold, c.temperature)
+                if self.move_cap is not None:
+                    room = self.move_cap - self.count["moved_into"]
+                    y_final, corrected = cap_moves(y, y_final, corrected, probs.max(1).values, room)
             use = (reliable | corrected).float()
         loss_a = F.cross_entropy(aam_logits(cos_a.float(), y_final, margin, scale), y_final, reduction="none")
         loss = (loss_a * use).sum() / use.sum().clamp_min(1.0)
@@ -294,6 +311,8 @@ class PseudoLabelMethod(Method):
         c["seen"] += y.numel()
         c["unreliable"] += (~reliable).sum()
         c["corrected"] += corrected.sum()
+        c["corrected_into"] += torch.bincount(y_final[corrected], minlength=self.n_classes).float()
+        c["moved_into"] += torch.bincount(y_final[corrected & (y_final != y)], minlength=self.n_classes).float()
         if self.diag is not None:  # diagnostics only
             true, majority = self.diag["true"][idx], self.diag["majority"]
             wrong = majority[y] != true  # the cluster's majority speaker is not this speaker
@@ -311,16 +330,24 @@ class PseudoLabelMethod(Method):
         if self.ctx.world_size == 1:
             return self.count
         keys = sorted(self.count)
-        packed = all_reduce_sum(torch.stack([self.count[k].float() for k in keys]))
-        return dict(zip(keys, packed))
+        flat = [self.count[k].float().reshape(-1) for k in keys]
+        packed = all_reduce_sum(torch.cat(flat)).split([len(f) for f in flat])
+        return {k: v.reshape(self.count[k].shape) for k, v in zip(keys, packed)}
 
     def on_epoch_end(self, epoch: int) -> dict:
-        c = {k: float(v.item()) for k, v in self._global_counts().items()}
+        counts = self._global_counts()
+        into = counts.pop("corrected_into")
+        moved = float(counts.pop("moved_into").sum())
+        c = {k: float(v.item()) for k, v in counts.items()}
         seen = max(1.0, c["seen"])
         out = {"round": self.round_index, "threshold": self._threshold(self.gate_a),
                "reliable_fraction": 1.0 - c["unreliable"] / seen,
                "corrected_fraction": c["corrected"] / seen,
-               "corrected_of_unreliable": c["corrected"] / max(1.0, c["unreliable"])}
+               "corrected_of_unreliable": c["corrected"] / max(1.0, c["unreliable"]),
+               "moved_fraction": moved / seen}
+        if c["corrected"] > 0:  # label-free: a runaway piles corrections into a few classes
+            share = into[into > 0] / into.sum()
+            out["corrected_classes_effective"] = float(torch.exp(-(share * share.log()).sum()))
         if self.gate_v is not None:
             out["visual_threshold"] = self._threshold(self.gate_v)
         if self.ctx.world_size > 1:  # one gate for all ranks: check it, and show it
@@ -347,6 +374,8 @@ class PseudoLabelMethod(Method):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         state = {"gate_a": self.gate_a.state_dict(), "fit_epoch": self.fit_epoch}
+        if self.align is not None:
+            state["align"] = self.align.state_dict()
         for name in ("gate_v", "gate_f"):
             if getattr(self, name) is not None:
                 state[name] = getattr(self, name).state_dict()
@@ -360,6 +389,8 @@ class PseudoLabelMethod(Method):
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
         self.fit_epoch = int(state.get("fit_epoch", -1))
+        if self.align is not None and "align" in state:
+            self.align.load_state_dict(state["align"])
         for k in self.count:
             if f"count_{k}" in state:  # global counts: rank 0 holds them, the others start at 0
                 value = state[f"count_{k}"].to(self.ctx.device)

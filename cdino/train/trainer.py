@@ -44,7 +44,7 @@ from cdino.methods.dino import DinoConfig
 from cdino.methods.pseudo_label import PseudoLabelConfig
 from cdino.models.inference import fast_bf16
 from cdino.models.registry import EncoderConfig
-from cdino.threads import apply_threads
+from cdino.threads import ThreadGovernor, apply_threads
 from cdino.testing.faults import fault_point
 from cdino.train import checkpoint as ckpt
 from cdino.train.distributed import DistInfo, all_reduce_mean, init_distributed, resolve_device
@@ -190,6 +190,7 @@ class Trainer:
         self.resume = resume
         tc = cfg.trainer
         self.threads = apply_threads(tc.threads)  # CDINO_THREADS > trainer.threads > auto (cdino/threads.py)
+        self.governor = ThreadGovernor(tc.threads)  # auto: follows other processes' load while training
         self.device = resolve_device(tc.device)
         self.dist: DistInfo = init_distributed(self.device)
         check_writable(self.out_dir)
@@ -392,6 +393,11 @@ class Trainer:
                 self.method.after_optimizer_step(step, epoch)
                 self.step += 1
                 fault_point("step")
+                changed = self.governor.poll()
+                if changed is not None:
+                    self.threads = changed
+                    self.log(f"step {self.step}: {changed} CPU thread{'s' if changed > 1 else ''} "
+                             "(other processes' load changed)")
                 window_steps += 1
                 bar.update(1)
                 last_of_epoch = self.step % self.steps_per_epoch == 0
