@@ -154,15 +154,12 @@ class PseudoLabelMethod(Method):
         self.gate_v = LossGate(self.pc.gate, n, device=dev) if self.multimodal else None
         fused_rule = self.multimodal and self.pc.fusion.reliability == "fused"
         self.gate_f = LossGate(self.pc.gate, n, device=dev) if fused_rule else None
-        self.align = None
-        if self.pc.correction.enabled and self.pc.correction.align:
-            prior = torch.bincount(self.label_t, minlength=self.n_classes)
-            self.align = DistributionAlignment(prior, self.pc.correction.align_momentum)
-        self.move_cap = None
-        if self.pc.correction.enabled and self.pc.correction.max_moves_per_class > 0:
-            # per rank: each rank sees 1 / world_size of the epoch
-            size = torch.bincount(self.label_t, minlength=self.n_classes).float()
-            self.move_cap = self.pc.correction.max_moves_per_class * size / ctx.world_size
+        cc = self.pc.correction
+        sizes = torch.bincount(self.label_t, minlength=self.n_classes).float()  # samples per pseudo class
+        self.align = DistributionAlignment(sizes, cc.align_momentum) if cc.enabled and cc.align else None
+        # per rank: each rank sees 1 / world_size of the epoch
+        self.move_cap = (cc.max_moves_per_class * sizes / ctx.world_size
+                         if cc.enabled and cc.max_moves_per_class > 0 else None)
         self.fit_a = self.fit_v = None
         self.fit_epoch = -1
         self.epoch_log: list[dict] = []
@@ -311,8 +308,8 @@ class PseudoLabelMethod(Method):
         c["seen"] += y.numel()
         c["unreliable"] += (~reliable).sum()
         c["corrected"] += corrected.sum()
-        c["corrected_into"] += torch.bincount(y_final[corrected], minlength=self.n_classes).float()
-        c["moved_into"] += torch.bincount(y_final[corrected & (y_final != y)], minlength=self.n_classes).float()
+        c["corrected_into"].index_add_(0, y_final, corrected.float())  # no host sync
+        c["moved_into"].index_add_(0, y_final, (corrected & (y_final != y)).float())
         if self.diag is not None:  # diagnostics only
             true, majority = self.diag["true"][idx], self.diag["majority"]
             wrong = majority[y] != true  # the cluster's majority speaker is not this speaker
