@@ -144,17 +144,19 @@ def _children_cpu_seconds() -> float:
     return total
 
 
-def _own_cpu_seconds() -> float:
+def _own_cpu_seconds(children: bool = False) -> float:
+    """This process's CPU seconds; with ``children``, its live children's too (the
+    governor's view: DataLoader workers are this job, started after the first sample)."""
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime + _children_cpu_seconds()
+    return r.ru_utime + r.ru_stime + (_children_cpu_seconds() if children else 0.0)
 
 
-def _sample(cpus: set[int]) -> tuple[tuple[int, int] | None, float, float]:
+def _sample(cpus: set[int], children: bool = False) -> tuple[tuple[int, int] | None, float, float]:
     import time
 
-    return _cpu_ticks(cpus), _own_cpu_seconds(), time.perf_counter()
+    return _cpu_ticks(cpus), _own_cpu_seconds(children), time.perf_counter()
 
 
 def _others(a, b, cpus: set[int]) -> float:
@@ -202,7 +204,7 @@ class ThreadGovernor:
         env = os.environ if environ is None else environ
         self.configured, self.interval = configured, interval
         self.cpus = _affinity() if _override(configured, env) == 0 else None
-        self.last = _sample(self.cpus) if self.cpus else None
+        self.last = _sample(self.cpus, children=True) if self.cpus else None
         self.pending: int | None = None
 
     def poll(self) -> int | None:
@@ -215,7 +217,7 @@ class ThreadGovernor:
             return None
         import torch
 
-        now = (_cpu_ticks(self.cpus), _own_cpu_seconds(), t)
+        now = (_cpu_ticks(self.cpus), _own_cpu_seconds(children=True), t)
         busy = _others(self.last, now, self.cpus)
         self.last = now
         n = pick_threads(self.configured, cores=len(self.cpus), busy=busy)

@@ -64,7 +64,7 @@ def test_busy_elsewhere_subtracts_this_process(monkeypatch):
     own = iter([10.0, 10.6])
     clock = iter([100.0, 100.5])
     monkeypatch.setattr(threads, "_cpu_ticks", lambda cpus: next(ticks))
-    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda children=False: next(own))
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(time, "sleep", lambda s: None)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -197,7 +197,7 @@ def _fake_machine(monkeypatch, busy_ticks, own_seconds, clock, cores=2):
     ticks = iter([(b, 100000 + 1000 * i) for i, b in enumerate(busy_ticks)])
     own, now = iter(own_seconds), iter(clock)
     monkeypatch.setattr(threads, "_cpu_ticks", lambda cpus: next(ticks))
-    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: next(own))
+    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda children=False: next(own))
     monkeypatch.setattr(time, "perf_counter", lambda: next(now))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(os, "sysconf", lambda name: 100)
@@ -243,3 +243,21 @@ def test_steal_is_not_another_process(monkeypatch, tmp_path):
                         lambda p, *a, **k: real_open(stat if p == "/proc/stat" else p, *a, **k))
     busy, total = threads._cpu_ticks({0, 1})
     assert busy == 300 and total == 2000
+
+
+def test_the_governor_counts_this_jobs_child_processes_as_its_own():
+    # a spinning child (as a DataLoader worker would be): another process for the
+    # start-of-stage sample, this job's own for the governor
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        a = threads._own_cpu_seconds(children=True)
+        b = threads._own_cpu_seconds()
+        time.sleep(0.5)
+        with_children = threads._own_cpu_seconds(children=True) - a
+        alone = threads._own_cpu_seconds() - b
+        assert with_children - alone >= 0.2, (with_children, alone)  # the child's CPU time
+    finally:
+        spin.kill()
+        spin.wait()
+
