@@ -153,10 +153,10 @@ def _own_cpu_seconds(children: bool = False) -> float:
     return r.ru_utime + r.ru_stime + (_children_cpu_seconds() if children else 0.0)
 
 
-def _sample(cpus: set[int], children: bool = False) -> tuple[tuple[int, int] | None, float, float]:
+def _sample(cpus: set[int], children: bool = False, now: float | None = None) -> tuple[tuple[int, int] | None, float, float]:
     import time
 
-    return _cpu_ticks(cpus), _own_cpu_seconds(children), time.perf_counter()
+    return _cpu_ticks(cpus), _own_cpu_seconds(children), time.perf_counter() if now is None else now
 
 
 def _others(a, b, cpus: set[int]) -> float:
@@ -217,7 +217,7 @@ class ThreadGovernor:
             return None
         import torch
 
-        now = (_cpu_ticks(self.cpus), _own_cpu_seconds(children=True), t)
+        now = _sample(self.cpus, children=True, now=t)
         busy = _others(self.last, now, self.cpus)
         self.last = now
         n = pick_threads(self.configured, cores=len(self.cpus), busy=busy)

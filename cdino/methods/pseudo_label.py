@@ -41,7 +41,7 @@ from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.registry import build_encoder
 from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, multimodal_reliable
 from cdino.pseudo.kmeans import KMeansConfig
-from cdino.pseudo.label_correction import DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_labels
+from cdino.pseudo.label_correction import DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_from_probs
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
 from cdino.train.distributed import all_reduce_sum
 from cdino.train.schedules import linear_warmup
@@ -273,9 +273,7 @@ class PseudoLabelMethod(Method):
                                              has_v)
                 if self.align is not None:
                     probs = self.align(probs)
-                # log-probabilities times the temperature: correct_labels' softmax gives probs back
-                logits = torch.log(probs.clamp_min(1e-12)) * c.temperature
-                y_final, corrected = correct_labels(logits, y, ~reliable, c.threshold, c.temperature)
+                y_final, corrected = correct_from_probs(probs, y, ~reliable, c.threshold)
                 if self.move_cap is not None:
                     room = self.move_cap - self.count["moved_into"]
                     y_final, corrected = cap_moves(y, y_final, corrected, probs.max(1).values, room)

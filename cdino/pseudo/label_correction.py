@@ -41,7 +41,7 @@ import torch
 
 from cdino.errors import ConfigError
 
-__all__ = ["DistributionAlignment", "LabelCorrectionConfig", "cap_moves", "correct_labels"]
+__all__ = ["DistributionAlignment", "LabelCorrectionConfig", "cap_moves", "correct_from_probs", "correct_labels"]
 
 
 @dataclass
@@ -125,7 +125,16 @@ def correct_labels(cos_logits: torch.Tensor, labels: torch.Tensor, unreliable: t
             f"and {tuple(labels.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
-    probs = torch.softmax(cos_logits.float() / temperature, dim=1)
+    return correct_from_probs(torch.softmax(cos_logits.float() / temperature, dim=1), labels, unreliable,
+                              threshold)
+
+
+@torch.no_grad()
+def correct_from_probs(probs: torch.Tensor, labels: torch.Tensor, unreliable: torch.Tensor,
+                       threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`correct_labels` on class probabilities already sharpened (and, in the
+    trainer, fused with the visual view and aligned): the unreliable samples whose top
+    probability is ``>= threshold`` take the arg-max. No host sync."""
     top_p, top = probs.max(dim=1)
     corrected = unreliable.to(torch.bool) & (top_p >= threshold)
     new_labels = torch.where(corrected, top.to(labels.dtype), labels)
