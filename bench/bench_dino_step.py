@@ -6,11 +6,15 @@ DINO loss → backward → gradient clipping → SGD → teacher EMA. This is cd
 ``DinoMethod.training_step`` and the trainer's optimiser path, not a re-implementation.
 
 Two variants are timed in the same run: ``eager_fp32`` (plain) and ``bf16`` (autocast;
-plus channels-last / TF32 where they apply). On CUDA the fraction of the card's bf16
-peak is reported from ~50.1 GFLOP per utterance (ECAPA-512, 2×300 + 4×200 frames).
+plus TF32 / cuDNN autotune on CUDA). On a CPU the bf16 variant runs where the trainer would
+use it (AVX512-BF16 / AMX, :func:`cdino.models.inference.fast_bf16`). On CUDA the fraction
+of the card's bf16 peak is reported from ~50.1 GFLOP per utterance (ECAPA-512, 2×300 +
+4×200 frames). ``--recipe demo`` takes a recipe's DINO stage instead (encoder, head, crops,
+batch; the demo's: ECAPA-TDNN small, K = 4096, 2×200 + 2×100 frames, batch 32).
 
     python bench/bench_dino_step.py                 # CUDA when present, else a small CPU run
     python bench/bench_dino_step.py --device cpu --batch 8 --steps 3
+    python bench/bench_dino_step.py --device cpu --recipe demo --steps 20 --warmup 3
 """
 
 from __future__ import annotations
@@ -44,10 +48,19 @@ class _FakeStore:
         return 1
 
 
-def build(device: torch.device, encoder: str, out_dim: int, batch: int):
-    cfg = load_config(TrainConfig, {"encoder": {"name": encoder},
-                                    "trainer": {"epochs": 10, "global_batch": batch},
-                                    "dino": {"out_dim": out_dim}})
+def stage_config(encoder: str, out_dim: int, batch: int, recipe: str | None) -> TrainConfig:
+    """The DINO config timed: a recipe's DINO stage, or the given encoder / head / batch."""
+    if recipe:
+        from cdino.recipe import _merge, builtin_recipe, load_recipe, stage_overrides
+
+        over = stage_overrides(load_recipe(builtin_recipe(recipe)), "dino")
+        return load_config(TrainConfig, _merge(over, {"trainer": {"epochs": 10}}))
+    return load_config(TrainConfig, {"encoder": {"name": encoder},
+                                     "trainer": {"epochs": 10, "global_batch": batch},
+                                     "dino": {"out_dim": out_dim}})
+
+
+def build(device: torch.device, cfg: TrainConfig):
     frontend = FeatureFrontend(cfg.fbank, cfg.augment, AugmentBanks.simulated(seed=0).to(device)).to(device)
     ctx = MethodContext(cfg=cfg, device=device, rank=0, world_size=1, store=_FakeStore(), data=None,
                         out_dir=Path("."), frontend=frontend)
@@ -60,10 +73,11 @@ def build(device: torch.device, encoder: str, out_dim: int, batch: int):
     return cfg, method, opt, params
 
 
-def run(device: torch.device, bf16: bool, batch: int, steps: int, warmup: int, encoder: str,
-        out_dim: int, wave_seconds: float = 8.0) -> dict:
+def run(device: torch.device, bf16: bool, cfg: TrainConfig, steps: int, warmup: int,
+        wave_seconds: float = 8.0) -> dict:
     torch.manual_seed(0)
-    cfg, method, opt, params = build(device, encoder, out_dim, batch)
+    batch = cfg.trainer.global_batch
+    cfg, method, opt, params = build(device, cfg)
     sr = 16000
     bank = torch.randn(max(256, batch), int(wave_seconds * sr), device=device) * 0.1
     lengths = torch.full((bank.shape[0],), bank.shape[1], device=device)
@@ -108,28 +122,42 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--encoder", default="ecapa_tdnn")
     ap.add_argument("--out-dim", type=int, default=65536)
+    ap.add_argument("--recipe", default=None, help="time this built-in recipe's DINO stage (e.g. demo)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 4)
+    cfg = stage_config(args.encoder, args.out_dim, batch, args.recipe)
+    if args.recipe and args.batch:
+        cfg.trainer.global_batch = args.batch
     steps = args.steps or (20 if cuda else 2)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    dc = cfg.dino
     res = {"bench": "dino_step", "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-           "torch": torch.__version__, "encoder": args.encoder, "out_dim": args.out_dim,
-           "crops": "2x3s global + 4x2s local, on-device crop+augment+fbank", "threads": torch.get_num_threads()}
-    res["eager_fp32"] = run(device, False, batch, steps, warmup, args.encoder, args.out_dim)
+           "torch": torch.__version__, "recipe": args.recipe, "encoder": cfg.encoder.name, "out_dim": dc.out_dim,
+           "crops": (f"{dc.n_global}x{dc.global_seconds:g}s global + {dc.n_local}x{dc.local_seconds:g}s local, "
+                     "on-device crop+augment+fbank"),
+           "batch": cfg.trainer.global_batch, "threads": torch.get_num_threads()}
+    res["eager_fp32"] = run(device, False, cfg, steps, warmup)
+    if not cuda:
+        from cdino.models.inference import fast_bf16
+
+        res["cpu_fast_bf16"] = bool(fast_bf16(device))
+        if res["cpu_fast_bf16"]:
+            res["bf16"] = run(device, True, cfg, steps, warmup)
+            res["speedup_bf16_vs_eager_fp32"] = res["bf16"]["utt_per_s"] / res["eager_fp32"]["utt_per_s"]
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-        res["bf16"] = run(device, True, batch, steps, warmup, args.encoder, args.out_dim)
+        res["bf16"] = run(device, True, cfg, steps, warmup)
         res["speedup_bf16_vs_eager_fp32"] = res["bf16"]["utt_per_s"] / res["eager_fp32"]["utt_per_s"]
         name = res["device"]
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-        if peak and args.encoder == "ecapa_tdnn":
+        if peak and cfg.encoder.name == "ecapa_tdnn":
             res["bf16_peak_tflops"] = peak
             res["fraction_of_bf16_peak"] = res["bf16"]["utt_per_s"] * GFLOP_PER_UTT / (peak * 1000)
             res["fraction_of_790_tflops"] = res["bf16"]["utt_per_s"] * GFLOP_PER_UTT / (DESIGN_REFERENCE_TFLOPS * 1000)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from cdino.atomic import copy_folder, write_text
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 from cdino.recipe import StagedRun, _merge, _read_info, _round_diag, builtin_recipe
@@ -147,7 +148,7 @@ class AdaptPipeline(StagedRun):
     def __init__(self, recipe: AdaptRecipeConfig, out: Path) -> None:
         super().__init__(recipe, out)
         if self.r.source.model:
-            from cdino.api import read_model_config
+            from cdino.eval.model_folder import read_model_config
 
             read_model_config(self.r.source.model)  # fail now, not after the corpus
         for side, simulated, spec in (("source", self.source_simulated, self.r.source.corpus),
@@ -163,7 +164,7 @@ class AdaptPipeline(StagedRun):
         """Encoder and fbank of the source model: what the adaptation and the oracle must
         build to start from it (the model folder's when given, else the source stage's)."""
         if self.r.source.model:
-            from cdino.api import read_model_config
+            from cdino.eval.model_folder import read_model_config
 
             cfg = read_model_config(self.r.source.model)
             return {"encoder": to_dict(cfg.encoder), "fbank": to_dict(cfg.fbank)}
@@ -232,7 +233,7 @@ class AdaptPipeline(StagedRun):
 
     def run(self, from_stage: str | None = None) -> dict:
         """Run the stages in order (every rank runs every stage under ``torchrun``)."""
-        from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
+        from cdino.distributed import barrier, init_distributed, is_main, resolve_device
 
         init_distributed(resolve_device(self.train_config("adapt").trainer.device))
         if from_stage and is_main():
@@ -248,7 +249,7 @@ class AdaptPipeline(StagedRun):
         """EER / minDCF of a model on a test folder (reporting only). Called on every rank:
         the ranks embed together; rank 0 scores and returns the result, the others ``{}``."""
         from cdino.api import run_eval
-        from cdino.train.distributed import is_main, resolve_device
+        from cdino.distributed import is_main, resolve_device
 
         cfg = self.train_config("adapt")
         edir = self.out / "eval" / name
@@ -327,7 +328,7 @@ class AdaptPipeline(StagedRun):
                 "seconds": time.perf_counter() - t0}
 
     def stage_oracle(self) -> dict:
-        from cdino.train.distributed import is_main
+        from cdino.distributed import is_main
         from cdino.train.stages import model_complete, train_supervised
 
         if not self.r.run_oracle:
@@ -346,13 +347,9 @@ class AdaptPipeline(StagedRun):
 
     def stage_report(self) -> dict:
         results = collect_adapt_results(self)
-        (self.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-        (self.out / "report.md").write_text(adapt_report_md(results))
-        dst, tmp = self.out / "model", self.out / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.adapted_model_dir, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        write_text(self.out / "results.json", json.dumps(results, indent=1, default=float) + "\n")
+        write_text(self.out / "report.md", adapt_report_md(results))
+        copy_folder(self.adapted_model_dir, self.out / "model")
         _print_summary(results, self.out)
         return {"results": str(self.out / "results.json")}
 

@@ -8,11 +8,10 @@
     s = model.score(["a1.wav", "a2.wav"], "b.wav")  # several enrolment recordings
     llr = model.llr("a.wav", "b.wav")              # calibrated log-likelihood ratio
 
-A model folder (see ``docs/model_folder.md``) holds ``config.yaml`` (format version,
-encoder and fbank settings, threshold and how it was set), ``encoder.safetensors``
-(weights, loaded without executing code), ``mean.npy`` (training mean embedding) and,
-optionally, ``calibration.json`` (cosine score -> LLR, :mod:`cdino.eval.calibration`).
-This module also holds the functions behind ``cdino eval|verify|score|embed|export|calibrate``.
+The model folder itself (files, checks, writing and reading) is
+:mod:`cdino.eval.model_folder`; :func:`save_model_folder` and :func:`read_model_config` are
+re-exported here for users. This module also holds the functions behind
+``cdino eval|verify|score|embed|export|calibrate``.
 """
 
 from __future__ import annotations
@@ -21,38 +20,31 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import warnings
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from cdino import __version__
-from cdino.config import from_dict, to_dict
+from cdino.atomic import replacing, write_text
+from cdino.config import to_dict
 from cdino.data.audio import load_audio, resample
 from cdino.data.kaldi_dir import DataDir, EnrollMap, Trials, read_enroll_map, read_trials
 from cdino.errors import AudioError, ConfigError, DataError, ModelFormatError
 from cdino.eval.embed import (DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, MIN_FRAMES, embed_waves,
                               extract_embeddings, load_embeddings, num_frames)
-from cdino.eval.calibration import (CALIBRATION_FILE, DEFAULT_PRIOR, Calibration, calibration_text,
-                                    fit_calibration, read_calibration, write_calibration)
+from cdino.eval.calibration import (CALIBRATION_FILE, DEFAULT_PRIOR, Calibration, fit_calibration,
+                                    write_calibration)
+from cdino.eval.model_folder import (CONFIG_FILE, FORMAT_VERSION, MEAN_FILE, WEIGHTS_FILE, ModelFolderConfig,  # noqa: F401
+                                     read_model_config, read_model_folder, save_model_folder)
 from cdino.eval.verification import ASNormConfig, average_enrolment, score_enrolled_trials, score_trials
-from cdino.frontend.fbank import Fbank, FbankConfig
+from cdino.frontend.fbank import Fbank
 from cdino.metrics import act_dcf, bayes_threshold, cllr, eer, min_cllr, min_dcf, small_trial_list_warning
-from cdino.models.registry import EncoderConfig, build_encoder
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "encoder.safetensors"
-MEAN_FILE = "mean.npy"
 
 PathLike = str | os.PathLike
 Audio = PathLike | np.ndarray | torch.Tensor
@@ -65,224 +57,21 @@ Side = Audio | Sequence[Audio]
 VERIFY_PRIOR = 0.5
 
 
-@dataclass
-class ModelFolderConfig:
-    """``config.yaml`` of a model folder."""
-
-    format_version: int = FORMAT_VERSION  # layout version of the folder; this cdino reads 1
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the speaker encoder (resolved sizes)
-    fbank: FbankConfig = field(default_factory=FbankConfig)  # feature settings the encoder was trained with
-    threshold: float = 0.0  # cosine score at or above which two recordings are the same speaker
-    threshold_source: str = ""  # how the threshold was set (never from test labels)
-    embed_dim: int = 0  # size D of the embeddings
-    info: dict[str, Any] = field(default_factory=dict)  # free notes: method, stage, created, cdino version
-
-
-# ---------------------------------------------------------------------------
-# writing
-
-
-def _encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """The encoder's weights as independent contiguous CPU tensors (safetensors refuses shared ones)."""
-    return {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
-
-
-def _umask() -> int:
-    """The process umask (read from /proc where it can be, so it is never changed)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _share_modes(folder: Path) -> None:
-    """Give a folder made by ``mkdtemp`` (0700) the modes of one made by ``mkdir``: the folder
-    ``0o777 & ~umask`` and its files ``0o666 & ~umask`` (0755 / 0644 under the usual umask)."""
-    mask = _umask()
-    for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            entry.chmod(0o666 & ~mask)
-    folder.chmod(0o777 & ~mask)
-
-
-def save_model_folder(path: PathLike, encoder: nn.Module, encoder_cfg: EncoderConfig,
-                      fbank_cfg: FbankConfig, mean: np.ndarray, threshold: float,
-                      threshold_source: str, info: dict | None = None,
-                      calibration: Calibration | None = None) -> Path:
-    """Write a model folder atomically (a complete folder or none at ``path``); returns ``path``.
-    ``calibration`` (optional) is written as ``calibration.json``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    mean = np.asarray(mean, dtype=np.float32)
-    embed_dim = int(getattr(encoder, "embed_dim", 0) or mean.shape[-1])
-    if mean.shape != (embed_dim,) or not np.isfinite(mean).all():
-        raise ValueError(f"mean must be a finite ({embed_dim},) vector, got shape {mean.shape}")
-    if not math.isfinite(float(threshold)):
-        raise ValueError(f"threshold must be finite, got {threshold}")
-    resolved = encoder_cfg.resolved() if hasattr(encoder_cfg, "resolved") else encoder_cfg
-    notes = {"cdino_version": __version__,
-             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    notes.update(info or {})
-    config = ModelFolderConfig(format_version=FORMAT_VERSION, encoder=resolved, fbank=fbank_cfg,
-                               threshold=float(threshold), threshold_source=str(threshold_source),
-                               embed_dim=embed_dim, info=notes)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
-    try:
-        text = yaml.safe_dump(to_dict(config), sort_keys=False)
-        (tmp / CONFIG_FILE).write_text(text)
-        save_file(_encoder_state(encoder), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        with open(tmp / MEAN_FILE, "wb") as f:
-            np.save(f, mean, allow_pickle=False)
-        if calibration is not None:
-            (tmp / CALIBRATION_FILE).write_text(calibration_text(calibration.check(str(path / CALIBRATION_FILE))))
-        _share_modes(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-# ---------------------------------------------------------------------------
-# reading
-
-
-def read_model_config(path: PathLike) -> ModelFolderConfig:
-    """Read and check a model folder's ``config.yaml`` (version first, then keys strictly)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ModelFormatError(f"{folder}: model folder not found")
-    cfg_path = folder / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ModelFormatError(f"{cfg_path}: missing (not a cdino model folder?)")
-    try:
-        data = yaml.safe_load(cfg_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelFormatError(f"{cfg_path}: not readable YAML ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{cfg_path}: expected a mapping at the top")
-    version = data.get("format_version")
-    if version is None:
-        raise ModelFormatError(f"{cfg_path}: format_version missing (not a cdino model folder?)")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(f"{cfg_path}: format_version {version} is not supported "
-                               f"(this cdino reads {FORMAT_VERSION})")
-    return from_dict(ModelFolderConfig, data, where=str(cfg_path))
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: missing")
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        reason = " ".join(str(exc).split())[:120]
-        raise ModelFormatError(f"{path}: not a readable safetensors file ({reason})") from None
-
-
-def _load_state(encoder: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = encoder.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first '{unexpected[0]}')")
-        raise ModelFormatError(f"{path}: weights do not fit the encoder in config.yaml: "
-                               + ", ".join(parts))
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ModelFormatError(f"{path}: weight '{k}' has shape {tuple(state[k].shape)}, "
-                                   f"the encoder in config.yaml expects {tuple(v.shape)}")
-        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
-            raise ModelFormatError(f"{path}: weight '{k}' holds NaN or infinite values")
-    encoder.load_state_dict(state, strict=True)
-
-
-def _load_mean(path: Path, embed_dim: int) -> np.ndarray:
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: missing")
-    try:
-        mean = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: not a readable .npy array ({exc})") from None
-    if mean.shape != (embed_dim,) or not np.isfinite(mean).all():
-        raise ModelFormatError(f"{path}: expected a finite ({embed_dim},) vector, got shape {mean.shape}")
-    return mean.astype(np.float32)
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """The torch device for ``device``: ``"auto"`` is CUDA when present, else the CPU. Asking
-    for CUDA where there is none is a :class:`ConfigError` (no silent fall-back to the CPU)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device '{device}': not a device name (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{device}': CUDA is not available on this machine "
-                              "(use device 'cpu', or 'auto' for CUDA only where present)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} "
-                              "CUDA device(s)")
-    return dev
-
-
 def load_model(path: PathLike, device: str | torch.device = "cpu",
                optimize: bool | str = False) -> "SpeakerModel":
     """Load a model folder (see ``docs/model_folder.md``); weights are read without running code.
 
     ``device`` is a torch device name or ``"auto"`` (CUDA when present, else CPU); ``"cuda"``
-    on a machine without CUDA raises :class:`ConfigError` (see :func:`resolve_device`).
-    ``optimize`` swaps in :func:`cdino.models.inference.optimize_for_inference` (BatchNorm
-    folded, TorchScript-frozen): faster, embeddings equal up to float rounding; a string
-    (``"fp32"``, ``"bf16"``, ``"auto"``) names its precision (``True``: ``"auto"``, bf16 on
-    CPUs with native bf16 units).
+    on a machine without CUDA raises :class:`ConfigError` (see
+    :func:`cdino.distributed.resolve_device`). ``optimize`` swaps in
+    :func:`cdino.models.inference.optimize_for_inference` (BatchNorm folded,
+    TorchScript-frozen): faster, embeddings equal up to float rounding; a string (``"fp32"``,
+    ``"bf16"``, ``"auto"``) names its precision (``True``: ``"auto"``, bf16 on CPUs with
+    native bf16 units).
     """
-    device = resolve_device(device)
-    folder = Path(path)
-    config = read_model_config(folder)
-    try:
-        encoder = build_encoder(config.encoder)
-    except ConfigError as exc:
-        raise ConfigError(f"{folder / CONFIG_FILE}: encoder: {exc}") from None
-    embed_dim = int(getattr(encoder, "embed_dim", config.embed_dim))
-    if config.embed_dim != embed_dim:
-        raise ModelFormatError(f"{folder / CONFIG_FILE}: embed_dim {config.embed_dim} does not match "
-                               f"the encoder's {embed_dim}")
-    weights = folder / WEIGHTS_FILE
-    _load_state(encoder, _load_weights(weights), weights)
-    mean = _load_mean(folder / MEAN_FILE, embed_dim)
-    if not math.isfinite(config.threshold):
-        raise ModelFormatError(f"{folder / CONFIG_FILE}: threshold must be a finite number")
-    calibration = read_calibration(folder / CALIBRATION_FILE)  # None: an uncalibrated (older) folder
-    encoder = encoder.to(torch.device(device)).eval()
-    if optimize:
-        from cdino.models.inference import optimize_for_inference
-
-        encoder = optimize_for_inference(encoder, n_mels=config.encoder.n_mels,
-                                         precision=optimize if isinstance(optimize, str) else "auto")
-    return SpeakerModel(encoder, config, mean, device=device, path=folder, calibration=calibration)
+    folder = read_model_folder(path, device=device, optimize=optimize)
+    return SpeakerModel(folder.encoder, folder.config, folder.mean, device=folder.device,
+                        path=folder.path, calibration=folder.calibration)
 
 
 # ---------------------------------------------------------------------------
@@ -560,18 +349,16 @@ def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> t
 
     model = load_model(model_dir, device="cpu")
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     n_mels = int(model.config.encoder.n_mels)
     example = torch.randn(2, 200, n_mels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            torch.onnx.export(model.encoder, (example,), str(tmp), input_names=["feats"],
-                              output_names=["embs"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"feats": {0: "batch", 1: "frames"},
-                                            "embs": {0: "batch"}})
-    try:
+    with replacing(onnx_path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                torch.onnx.export(model.encoder, (example,), str(tmp), input_names=["feats"],
+                                  output_names=["embs"], opset_version=opset, dynamo=False,
+                                  dynamic_axes={"feats": {0: "batch", 1: "frames"},
+                                                "embs": {0: "batch"}})
         _add_onnx_metadata(tmp, model)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         gen = torch.Generator().manual_seed(0)
@@ -586,9 +373,6 @@ def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> t
         if not worst >= 0.9999:
             raise ModelFormatError(f"{onnx_path}: ONNX Runtime embeddings differ from PyTorch's "
                                    f"(cosine {worst:.6f} < 0.9999); nothing written")
-        os.replace(tmp, onnx_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return onnx_path, worst
 
 
@@ -602,13 +386,6 @@ def export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> Pa
 
 # ---------------------------------------------------------------------------
 # command-line verbs
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _warn(message: str | None, where: PathLike | None = None) -> None:
@@ -741,10 +518,10 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
               f"actDCF(0.01) {result['actdcf_0.01']:.3f}  actDCF(0.05) {result['actdcf_0.05']:.3f}")
     else:
         print(f"{prefix}minCllr {result['min_cllr']:.3f}  ({cal_note})")
-    _atomic_write(Path(json_out), json.dumps(result, indent=2) + "\n")
+    write_text(Path(json_out), json.dumps(result, indent=2) + "\n")
     if scores_out is not None:
         lines = "".join(f"{e} {t} {s:.6f}\n" for e, t, s in zip(trials.enroll, trials.test, scores))
-        _atomic_write(Path(scores_out), lines)
+        write_text(Path(scores_out), lines)
     if plots_dir is not None:
         from cdino.eval.plots import plot_det, plot_score_histogram
 
@@ -930,7 +707,7 @@ def run_score(model_dir: PathLike, pairs_path: PathLike, out: PathLike, data_dir
     keyed = Pairs([key[n] for n in pairs.enroll], [key[n] for n in pairs.test], pairs.path, pairs.lines)
     scores = np.asarray(score_trials(emb, index, keyed, mean=model.mean), dtype=np.float64)
     same = scores >= model.threshold
-    _atomic_write(Path(out), "".join(f"{e} {t} {s:.6f} {'same' if d else 'different'}\n"
+    write_text(Path(out), "".join(f"{e} {t} {s:.6f} {'same' if d else 'different'}\n"
                                      for e, t, s, d in zip(pairs.enroll, pairs.test, scores, same)))
     summary = {"out": str(out), "n_pairs": int(len(scores)), "threshold": model.threshold,
                "n_same": int(same.sum()), "n_different": int((~same).sum())}

@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
         if args.test_data and args.test_trials:
             from cdino.api import run_eval
 
-            from cdino.train.distributed import resolve_device
+            from cdino.distributed import resolve_device
 
             def on_round(r, model_dir, summary):  # reporting only: nothing is chosen on it
                 run_eval(model_dir, args.test_data, args.test_trials, Path(model_dir).parent / "eval.json",
@@ -108,20 +108,16 @@ def cmd_train(args) -> int:
                                                on_round=on_round)
         model = Path(args.out) / f"round{len(summaries)}" / "model"
         final = Path(args.out) / "model"
-        from cdino.train.distributed import barrier, is_main
+        from cdino.distributed import barrier, is_main
 
         if model.is_dir():
             if is_main():  # one writer under torchrun
-                import shutil
+                from cdino.atomic import copy_folder
 
-                tmp = final.with_name("model.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(model, tmp)
-                shutil.rmtree(final, ignore_errors=True)
-                tmp.rename(final)
+                copy_folder(model, final)
             barrier()
             model = final
-    from cdino.train.distributed import is_main
+    from cdino.distributed import is_main
 
     if is_main():
         print(f"model folder: {model}")
@@ -142,7 +138,7 @@ def _ranks(device: str) -> tuple[str, bool]:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _device(device), False
-    from cdino.train.distributed import init_distributed, resolve_device
+    from cdino.distributed import init_distributed, resolve_device
 
     dev = resolve_device(device)
     init_distributed(dev)

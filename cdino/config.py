@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from cdino.atomic import write_text
 from cdino.errors import ConfigError
 
 T = TypeVar("T")
@@ -203,8 +204,4 @@ def load_config(cls: type[T], source: str | os.PathLike | dict | None = None,
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:
     """Write the full resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from cdino.atomic import copy_folder, write_text
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 
@@ -134,17 +135,13 @@ class StagedRun:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         if os.environ.get("RANK", "0") == "0":  # before the process group exists: one writer
-            (self.out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            write_text(self.out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
     def done(self, stage: str) -> bool:
         return (self.out / stage / "done.json").is_file()
 
     def mark(self, stage: str, info: dict) -> None:
-        path = self.out / stage / "done.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=1, default=float))
-        tmp.replace(path)
+        write_text(self.out / stage / "done.json", json.dumps(info, indent=1, default=float))
 
     def stage_info(self, stage: str) -> dict:
         path = self.out / stage / "done.json"
@@ -166,7 +163,7 @@ class StagedRun:
     def run_stages(self) -> None:
         """Every stage not done, in order, on every rank (``corpus`` and the last stage, the
         report, on rank 0 only); each marked done by rank 0 when it ends."""
-        from cdino.train.distributed import barrier, is_main
+        from cdino.distributed import barrier, is_main
 
         last = self.stages[-1]
         for stage in self.stages:
@@ -259,7 +256,7 @@ class Pipeline(StagedRun):
         """Run the stages in order. Under ``torchrun`` every rank runs every stage together:
         training, embedding for clustering and for evaluation are split over the ranks;
         only generating the corpus, k-means, scoring and writing the report are rank 0's."""
-        from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
+        from cdino.distributed import barrier, init_distributed, is_main, resolve_device
 
         init_distributed(resolve_device(self.train_config("dino").trainer.device))
         if self.r.seeds:
@@ -282,7 +279,7 @@ class Pipeline(StagedRun):
         from dataclasses import replace
 
         from cdino.study import print_study, summarize, write_study
-        from cdino.train.distributed import barrier, is_main
+        from cdino.distributed import barrier, is_main
 
         if from_stage == "corpus" and is_main():
             self.reset_from("corpus")
@@ -319,7 +316,7 @@ class Pipeline(StagedRun):
         the ranks embed the test utterances together on their devices; rank 0 scores and
         returns the result, the others ``{}``."""
         from cdino.api import run_eval
-        from cdino.train.distributed import is_main, resolve_device
+        from cdino.distributed import is_main, resolve_device
 
         cfg = self.train_config("dino")
         edir = self.out / "eval" / name
@@ -392,8 +389,9 @@ class Pipeline(StagedRun):
         return self.train_dir.parent / WEAK_VISUAL
 
     def stage_baselines(self) -> dict:
-        from cdino.eval.baselines import fbank_stats_baseline, untrained_model, visual_only_baseline
-        from cdino.train.distributed import is_main
+        from cdino.eval.baselines import fbank_stats_baseline, visual_only_baseline
+        from cdino.train.stages import untrained_model
+        from cdino.distributed import is_main
 
         cfg = self.train_config("dino")
         t0 = time.perf_counter()
@@ -531,13 +529,7 @@ class Pipeline(StagedRun):
         self.report_started = time.perf_counter()
         final = self.resolve_final()
         write_report(self, final)
-        src = self._model_dir_of(final)
-        dst = self.out / "model"
-        tmp = self.out / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        copy_folder(self._model_dir_of(final), self.out / "model")
         return {"final": final, "results": str(self.out / "results.json")}
 
     def _model_dir_of(self, name: str) -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cdino.atomic import write_text
+
 METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05", "valid_eer")  # valid_eer: label-free (held-out training utterances)
 
 
@@ -138,9 +140,7 @@ def write_report(pipe, final: str) -> dict:
 
     out = pipe.out
     results = collect_results(pipe, final)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
+    write_text(out / "results.json", json.dumps(results, indent=1))
 
     pdir = out / "plots"
     pdir.mkdir(exist_ok=True)
@@ -252,7 +252,7 @@ def write_report(pipe, final: str) -> dict:
     for p in gate_plots:
         lines.append(f"![{p.stem}]({p})")
     lines += ["", f"Wall time: corpus {results['seconds']['corpus']:.0f} s, total {results['seconds']['total']:.0f} s.", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
     _print_summary(results)
     return results
 

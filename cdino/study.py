@@ -34,7 +34,8 @@ from typing import NamedTuple
 import numpy as np
 
 from cdino import metrics
-from cdino.data.kaldi_dir import Trials, _atomic_write_lines, read_trials
+from cdino.atomic import write_lines
+from cdino.data.kaldi_dir import Trials, read_trials
 from cdino.errors import DataError
 
 __all__ = ["Arm", "ARMS", "Claim", "CLAIMS", "summarize", "write_study", "print_study", "plot_study"]
@@ -458,7 +459,7 @@ def write_study(study_dir: Path, seeds: list[int], summary: dict, out_json: Path
     """Write the summary as ``out_json`` and a report ``out_md`` with a plot beside it
     (``plots/eer_by_seed.png``), both atomically."""
     study_dir, out_json, out_md = Path(study_dir), Path(out_json), Path(out_md)
-    _atomic_write_lines(out_json, [json.dumps(summary, indent=1)])
+    write_lines(out_json, [json.dumps(summary, indent=1)])
     plot = plot_study(summary, out_md.parent / "plots" / "eer_by_seed.png")
     seeds = list(seeds)
     lines = [f"# Ablation study — {len(seeds)} training seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})",
@@ -509,7 +510,7 @@ def write_study(study_dir: Path, seeds: list[int], summary: dict, out_json: Path
     for c in untested:
         lines.append(f"- {c.sentence} — **not tested**: no seed has both `{c.better}` and `{c.worse}`.")
     lines += ["", f"![EER per arm and seed]({plot.relative_to(out_md.parent).as_posix()})", ""]
-    _atomic_write_lines(out_md, lines)
+    write_lines(out_md, lines)
 
 
 def print_study(summary: dict) -> None:

@@ -12,6 +12,7 @@ import soxr
 import torch
 import yaml
 
+from cdino.atomic import leftovers
 import cdino
 import cdino.api as api
 from cdino.api import load_model, run_eval, run_verify, save_model_folder
@@ -55,7 +56,7 @@ def voice(n: int, f0: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
 def test_round_trip_gives_identical_embeddings(model_dir, tmp_path):
     model = load_model(model_dir)
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.yaml", "encoder.safetensors", "mean.npy"]
-    assert not list(tmp_path.glob("model.tmp-*"))
+    assert not leftovers(tmp_path)
     cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
     assert cfg["format_version"] == 1 and cfg["embed_dim"] == 32 and cfg["threshold"] == 0.25
     assert cfg["info"]["method"] == "dino" and cfg["info"]["cdino_version"] == cdino.__version__

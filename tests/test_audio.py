@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cdino.atomic import leftovers
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, audio_info, decode_audio, encode_audio, \
     load_audio, load_audio_or_skip, write_audio
 from cdino.errors import AudioError, CdinoError
@@ -32,7 +33,7 @@ def test_wav_and_flac_round_trip_within_16bit(tmp_path):
     info = audio_info(tmp_path / "a.flac")
     assert (info.frames, info.sample_rate, info.channels) == (8000, SAMPLE_RATE, 1)
     assert info.duration == pytest.approx(0.5)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not leftovers(tmp_path)
 
 
 def test_write_clips_instead_of_wrapping(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cdino.atomic import leftovers
 from cdino import metrics
 from cdino.api import load_model, run_calibrate, run_eval, run_verify, save_model_folder
 from cdino.cli import main
@@ -120,7 +121,7 @@ def test_calibration_file_round_trip_and_strict_reading(tmp_path):
     cal = Calibration(a=12.5, b=-4.25, prior=0.5, n_target=10, n_nontarget=20, source="test",
                       created="2026-01-01T00:00:00+00:00")
     write_calibration(path, cal)
-    assert read_calibration(path) == cal and not list(tmp_path.glob("*.tmp"))
+    assert read_calibration(path) == cal and not leftovers(tmp_path)
     assert set(json.loads(path.read_text())) == {"a", "b", "prior", "n_target", "n_nontarget",
                                                  "source", "created"}
     for text, match in [('{"a": 1.0, "b": 0.0, "scale": 2}', "unknown key 'scale'"),
@@ -384,7 +385,7 @@ def test_eval_reports_calibration_metrics_and_calibrate_refits(calibrated_dir, t
     assert str(trials) in cal.source and cal.n_target == int(labels.sum())
     assert printed.startswith(f"wrote {calibrated_dir / CALIBRATION_FILE}: llr = ") and "Cllr" in printed
     assert (calibrated_dir / CALIBRATION_FILE).read_text() != before
-    assert not list(calibrated_dir.glob("*.tmp"))
+    assert not leftovers(calibrated_dir)
     refit = run_eval(calibrated_dir, data, trials, tmp_path / "r2.json", progress=False)
     assert refit["cllr"] <= res["cllr"] + 1e-9  # fitted on these very trials
     assert refit["cllr"] == pytest.approx(metrics.cllr(cal.llr(scores), labels), abs=1e-5)

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cdino.atomic import leftovers
 from cdino.api import export_onnx, load_model, run_export, save_model_folder
 from cdino.errors import ModelFormatError
 from cdino.frontend.fbank import FbankConfig
@@ -34,7 +35,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_export_matches_pytorch_for_any_batch_and_length(model_dir, tmp_path, capsys):
     path = run_export(model_dir, tmp_path / "out" / "encoder.onnx")
-    assert path.exists() and not list(path.parent.glob("*.tmp"))
+    assert path.exists() and not leftovers(path.parent)
     assert "cosine" in capsys.readouterr().out
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["feats"] and [o.name for o in graph.output] == ["embs"]
@@ -69,7 +70,7 @@ def test_export_refuses_a_model_whose_onnx_output_differs(model_dir, tmp_path, m
     target = tmp_path / "bad.onnx"
     with pytest.raises(ModelFormatError, match="differ from PyTorch"):
         export_onnx(model_dir, target)
-    assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+    assert not target.exists() and not leftovers(tmp_path)
 
 
 def test_onnx_file_carries_mean_threshold_and_fbank_settings(tmp_path):

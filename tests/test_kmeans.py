@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cdino.atomic import leftovers
 from cdino.config import from_dict
 from cdino.errors import ConfigError, DataError
 from cdino.metrics import nmi
@@ -168,7 +169,7 @@ def test_utt2cluster_round_trip(tmp_path):
     assert got_utts == utts
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, labels)
-    assert not (tmp_path / "sub" / "utt2cluster.tmp").exists()
+    assert not leftovers(tmp_path / "sub")
     bad = tmp_path / "bad"
     bad.write_text("a 1\nb x\n")
     with pytest.raises(DataError, match=r"bad:2: cluster 'x'"):

@@ -6,6 +6,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from cdino.atomic import leftovers
 from cdino.eval.plots import plot_det, plot_eer_by_stage, plot_score_histogram
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -21,7 +22,7 @@ def _trials(n: int, separation: float, seed: int):
 def _check_png(path, min_bytes: int = 8000) -> np.ndarray:
     assert path.exists() and path.stat().st_size > min_bytes
     assert path.read_bytes()[:8] == PNG_MAGIC
-    assert not list(path.parent.glob("*.tmp"))
+    assert not leftovers(path.parent)
     img = mpimg.imread(path)
     assert img.ndim == 3 and min(img.shape[:2]) > 200
     assert img[..., :3].std() > 0.05  # something was drawn

@@ -50,6 +50,7 @@ import soxr
 from scipy import fft as sp_fft
 from scipy import signal
 
+from cdino.atomic import write_lines, write_text
 from cdino.config import from_dict, to_dict
 from cdino.corpus import espeak
 from cdino.data.kaldi_dir import format_seconds, write_visual
@@ -863,12 +864,6 @@ def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tupl
 
 # --------------------------------------------------------------------------- driver
 
-def _write_text(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
-
-
 def _fresh_process_context() -> multiprocessing.context.BaseContext:
     """Worker processes that have never run espeak-ng (a fork server, else spawn)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -925,10 +920,10 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         spks = sorted(s for s in results if where[s][0] == split)
         utts = [(row, spk) for spk in spks for row in results[spk]]
         d = out / split
-        _write_text(d / "wav.scp", [f"{r[0]} {r[1]}" for r, _ in utts])
-        _write_text(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
-        _write_text(d / "utt2dur", [f"{r[0]} {format_seconds(r[4])}" for r, _ in utts])
-        _write_text(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
+        write_lines(d / "wav.scp", [f"{r[0]} {r[1]}" for r, _ in utts])
+        write_lines(d / "utt2spk", [f"{r[0]} {spk}" for r, spk in utts])
+        write_lines(d / "utt2dur", [f"{r[0]} {format_seconds(r[4])}" for r, _ in utts])
+        write_lines(d / "spk2utt", [" ".join([spk] + [r[0] for r in results[spk]])
                                     for spk in spks])
         ids, emb = make_visual(cfg, [(r[0], where[spk][1], r[2], r[3]) for r, spk in utts])
         write_visual(d, ids, emb)
@@ -938,7 +933,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
                           "visual_coverage": round(len(ids) / max(1, len(utts)), 4)}
         if split == "test":
             trials = make_trials(cfg, [(r[0], spk, r[2]) for r, spk in utts])
-            _write_text(d / "trials", [f"{a} {b} {'target' if y else 'nontarget'}"
+            write_lines(d / "trials", [f"{a} {b} {'target' if y else 'nontarget'}"
                                        for a, b, y in trials])
             summary[split]["trials"] = len(trials)
             summary[split]["target_trials"] = sum(y for _, _, y in trials)
@@ -948,7 +943,5 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["workers"] = workers
     record = {"config": to_dict(cfg), "summary": summary}
-    tmp = out / "corpus.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out / "corpus.json")
+    write_text(out / "corpus.json", json.dumps(record, indent=2) + "\n")
     return summary

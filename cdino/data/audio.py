@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from cdino.atomic import replacing, write_lines
 from cdino.errors import AudioError
 
 SAMPLE_RATE = 16000
@@ -323,10 +324,8 @@ def write_audio(path: PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE
     fmt = _WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"{path}: cannot write '{path.suffix}' audio (use .wav or .flac)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(tmp, _as_pcm_ready(wave), sample_rate, format=fmt, subtype="PCM_16")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        sf.write(tmp, _as_pcm_ready(wave), sample_rate, format=fmt, subtype="PCM_16")
 
 
 class SkippedFiles:
@@ -363,13 +362,7 @@ class SkippedFiles:
 
     def write(self, path: PathLike) -> None:
         """Write ``path<TAB>reason`` lines, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for p, reason in self.items:
-                f.write(f"{p}\t{reason}\n")
-        os.replace(tmp, path)
+        write_lines(path, (f"{p}\t{reason}" for p, reason in self.items))
 
 
 def _reason_kind(reason: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdino.atomic import save_npy, write_lines
 from cdino.errors import DataError
 
 #: Audio suffixes that :func:`utt_id_from_path` strips.
@@ -103,22 +104,6 @@ def read_scp(path: PathLike, *, what: str = "wav.scp") -> dict[str, str]:
     return mapping
 
 
-def _atomic_write_lines(path: Path, lines: Iterable[str], *, unique_tmp: bool = False) -> None:
-    """Write lines to ``path`` through a temporary file (one per process with
-    ``unique_tmp``, for files that several processes may write at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}" if unique_tmp else path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _check_token(path: Path, token: str, what: str) -> str:
     if not token or any(c.isspace() for c in token):
         raise DataError(f"{path}: {what} {token!r} is empty or contains whitespace")
@@ -136,7 +121,7 @@ def write_scp(path: PathLike, mapping: Mapping[str, object]) -> None:
                 raise DataError(f"{path}: value of '{key}' is empty or spans lines")
             yield f"{_check_token(path, key, 'key')} {text}"
 
-    _atomic_write_lines(path, lines())
+    write_lines(path, lines())
 
 
 def _spk2utt_of(utts: Iterable[str], utt2spk: Mapping[str, str]) -> dict[str, list[str]]:
@@ -327,8 +312,8 @@ def format_seconds(seconds: float) -> str:
 def write_utt2dur(path: PathLike, durations: Mapping[str, float]) -> None:
     """Write ``utt seconds`` lines (in the mapping's order), atomically."""
     path = Path(path)
-    _atomic_write_lines(path, (f"{_check_token(path, u, 'utterance id')} {format_seconds(d)}"
-                               for u, d in durations.items()), unique_tmp=True)
+    write_lines(path, (f"{_check_token(path, u, 'utterance id')} {format_seconds(d)}"
+                               for u, d in durations.items()))
 
 
 def _load_utt2dur(root: Path, wav: dict[str, str]) -> dict[str, float] | None:
@@ -449,7 +434,7 @@ def write_trials(path: PathLike, trials: Trials) -> None:
     if not (len(trials.enroll) == len(trials.test) == len(trials.labels)):
         raise ValueError("enroll, test and labels must have the same length")
     words = ("nontarget", "target")
-    _atomic_write_lines(path, (f"{e} {t} {words[int(y)]}"
+    write_lines(path, (f"{e} {t} {words[int(y)]}"
                                for e, t, y in zip(trials.enroll, trials.test, trials.labels)))
 
 
@@ -518,11 +503,8 @@ def write_visual(data_dir: PathLike, utts: Sequence[str], emb: np.ndarray) -> No
     form :func:`read_visual` reads), each file through a temporary file."""
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "visual.npy.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, emb)
-    os.replace(tmp, root / "visual.npy")
-    _atomic_write_lines(root / "visual_utts.txt", utts)
+    save_npy(root / "visual.npy", emb)
+    write_lines(root / "visual_utts.txt", utts)
 
 
 def read_visual(data_dir: PathLike, *, known: set[str] | Mapping[str, object] | None = None

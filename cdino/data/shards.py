@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 from tqdm import tqdm
 
+from cdino.atomic import atomic_open, temp_path, write_lines
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, decode_audio, encode_audio, \
     load_audio_or_skip
 from cdino.data.kaldi_dir import SHARD_LIST, DataDir, read_text_lines, write_scp
@@ -60,7 +61,7 @@ def utt_of_key(key: str) -> str:
 
 
 class _ShardWriter:
-    """Writes numbered tar shards, each first as ``.tmp`` then renamed into place."""
+    """Writes numbered tar shards, each under :func:`cdino.atomic.temp_path` then renamed into place."""
 
     def __init__(self, out_dir: Path, limit_bytes: int) -> None:
         self.out_dir, self.limit = out_dir, limit_bytes
@@ -71,13 +72,13 @@ class _ShardWriter:
     def _open(self) -> None:
         path = self.out_dir / f"shard-{len(self.paths):06d}.tar"
         self.paths.append(path)
-        self.tar = tarfile.open(path.with_name(path.name + ".tmp"), "w", format=tarfile.GNU_FORMAT)
+        self.tar = tarfile.open(temp_path(path), "w", format=tarfile.GNU_FORMAT)
         self.size = 0
 
     def close_shard(self) -> None:
         if self.tar is not None:
             self.tar.close()
-            os.replace(self.paths[-1].with_name(self.paths[-1].name + ".tmp"), self.paths[-1])
+            os.replace(temp_path(self.paths[-1]), self.paths[-1])
             self.tar = None
 
     def add(self, key: str, members: list[tuple[str, bytes]]) -> tuple[int, dict[str, tuple[int, int]]]:
@@ -123,20 +124,14 @@ class ShardIndex:
 def _write_index(path: Path, shards: Sequence[Path], rows: Iterator[tuple], skipped: Sequence[tuple[str, str]]) -> None:
     """``shards.index``: header, ``#shard name bytes`` and ``#skip member reason`` lines,
     then ``utt shard offset size samples spk`` (tab-separated), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_INDEX_HEADER + "\n")
-            for p in shards:
-                f.write(f"#shard\t{p.name}\t{os.path.getsize(p)}\n")
-            for name, reason in skipped:
-                f.write(f"#skip\t{name}\t{' '.join(reason.split())}\n")
-            for utt, spk, shard, offset, size, samples in rows:
-                f.write(f"{utt}\t{shard}\t{offset}\t{size}\t{samples}\t{spk or ''}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(_INDEX_HEADER + "\n")
+        for p in shards:
+            f.write(f"#shard\t{p.name}\t{os.path.getsize(p)}\n")
+        for name, reason in skipped:
+            f.write(f"#skip\t{name}\t{' '.join(reason.split())}\n")
+        for utt, spk, shard, offset, size, samples in rows:
+            f.write(f"{utt}\t{shard}\t{offset}\t{size}\t{samples}\t{spk or ''}\n")
 
 
 def _read_index(list_path: Path, shards: list[Path]) -> ShardIndex | None:
@@ -510,9 +505,7 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
         log.warning("write_shards: %s", skipped.summary())
     write_scp(out / "utt2shard", utt2shard)
     _write_index(out / INDEX_NAME, writer.paths, (entries[u] for u in data.utts if u in entries), [])
-    tmp = out / (LIST_NAME + ".tmp")
-    tmp.write_text("".join(f"{p.name}\n" for p in writer.paths), encoding="utf-8")
-    os.replace(tmp, out / LIST_NAME)
+    write_lines(out / LIST_NAME, (p.name for p in writer.paths))
     return list(writer.paths)
 
 

@@ -1,6 +1,7 @@
-"""Reference points every learned model must beat: an untrained encoder, and the cosine of
-per-utterance mean and standard deviation of log-mel fbank (no learning at all); and the
-strength of the second view alone (cosine of the visual rows on the test trials)."""
+"""Reference points every learned model must beat: the cosine of per-utterance mean and
+standard deviation of log-mel fbank (no learning at all), and the strength of the second
+view alone (cosine of the visual rows on the test trials). The third, an untrained
+encoder, is exported by :func:`cdino.train.stages.untrained_model`."""
 
 from __future__ import annotations
 
@@ -10,31 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdino.console import progress_enabled
+from cdino.atomic import atomic_open, write_text
 from cdino.data.kaldi_dir import DataDir, read_trials
 from cdino.eval.verification import score_trials
 from cdino.frontend.fbank import Fbank, FbankConfig
 from cdino.metrics import eer, min_dcf
-
-
-def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
-    """A model folder holding a randomly initialised encoder (seeded), exported as usual."""
-    from cdino.data.loader import open_store
-    from cdino.models.registry import build_encoder
-    from cdino.train.stages import export_model, model_complete
-
-    out = Path(out)
-    if model_complete(out):
-        return out
-    torch.manual_seed(cfg.trainer.seed)
-    encoder = build_encoder(cfg.encoder)
-    from cdino.train.distributed import is_main, resolve_device
-
-    progress = progress_enabled(cfg.trainer.progress) and is_main()
-    store = open_store(DataDir.load(train_dir), cfg.data, progress=progress)
-    # On every rank (under torchrun): the ranks embed the training set together.
-    return export_model(encoder, cfg, store, resolve_device(cfg.trainer.device), out,
-                        {"method": "untrained"}, progress=progress, embed_all=False)
 
 
 @torch.no_grad()
@@ -69,8 +50,8 @@ def fbank_stats_baseline(cfg: FbankConfig, train_dir, test_dir, trials_path, out
            "mindcf_0.05": min_dcf(scores, labels, 0.05), "n_trials": int(len(labels))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(res, indent=1))
-    with open(out / "scores.txt", "w") as f:
+    write_text(out / "eval.json", json.dumps(res, indent=1))
+    with atomic_open(out / "scores.txt") as f:
         for e, t, s in zip(trials.enroll, trials.test, scores):
             f.write(f"{e} {t} {s:.6f}\n")
     return res

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdino.atomic import write_text
 from cdino.errors import ModelFormatError
 from cdino.metrics import _check_trials, bayes_threshold
 
@@ -199,10 +200,5 @@ def write_calibration(path: PathLike, cal: Calibration) -> Path:
     """Write ``calibration.json`` atomically (a temporary file beside it, then renamed)."""
     path = Path(path)
     cal.check(str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(calibration_text(cal))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, calibration_text(cal))
     return path

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cdino.atomic import save_npy, write_text
 from cdino.data.audio import SAMPLE_RATE, audio_info, load_audio
 from cdino.data.kaldi_dir import DataDir
 from cdino.errors import AudioError, DataError
@@ -40,24 +41,6 @@ MIN_FRAMES = 10  # shorter utterances (< 0.1 s) are bad audio
 
 # ---------------------------------------------------------------------------
 # small file helpers
-
-
-def _tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path``, unique per process (ranks may write the same file)."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _record_skip(skipped, utt: str, path: str, reason: str) -> None:
@@ -236,7 +219,7 @@ def _check_manifest(out_dir: Path, utts: Sequence[str], shard_size: int) -> int:
                             "shard size; remove it or choose another output folder")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
+        write_text(path, json.dumps(manifest, indent=1) + "\n")
     return n_shards
 
 
@@ -259,8 +242,8 @@ def _read_shard(out_dir: Path, index: int) -> tuple[list[str], np.ndarray, list[
 def _write_shard(out_dir: Path, index: int, utts: list[str], emb: np.ndarray,
                  skipped: list[tuple[str, str]]) -> None:
     npy, meta = _shard_paths(out_dir, index)
-    _atomic_write_text(meta, json.dumps({"utts": utts, "skipped": [list(s) for s in skipped]}) + "\n")
-    _atomic_save_npy(npy, emb)  # written last: its presence marks the shard finished
+    write_text(meta, json.dumps({"utts": utts, "skipped": [list(s) for s in skipped]}) + "\n")
+    save_npy(npy, emb)  # written last: its presence marks the shard finished
 
 
 def merge_embeddings(out_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -291,10 +274,10 @@ def merge_embeddings(out_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]
         raise DataError(f"{out_dir / 'shards'}: {len(missing)} of {manifest['n_shards']} shards "
                         f"not finished (first: {missing[0]:05d}); run the extraction again to finish them")
     emb = _concat(parts)
-    _atomic_write_text(out_dir / "utts.txt", "".join(u + "\n" for u in utts))
+    write_text(out_dir / "utts.txt", "".join(u + "\n" for u in utts))
     if skipped:
-        _atomic_write_text(out_dir / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
-    _atomic_save_npy(out_dir / "embeddings.npy", emb)
+        write_text(out_dir / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
+    save_npy(out_dir / "embeddings.npy", emb)
     return utts, emb
 
 
@@ -641,10 +624,10 @@ def _replay_skipped(out: Path, skipped, source) -> None:
 
 
 def _write_merged(out: Path, utts: list[str], emb: np.ndarray, skipped: list[tuple[str, str]]) -> None:
-    _atomic_write_text(out / "utts.txt", "".join(u + "\n" for u in utts))
+    write_text(out / "utts.txt", "".join(u + "\n" for u in utts))
     if skipped:
-        _atomic_write_text(out / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
-    _atomic_save_npy(out / "embeddings.npy", emb)
+        write_text(out / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
+    save_npy(out / "embeddings.npy", emb)
 
 
 def _barrier() -> None:

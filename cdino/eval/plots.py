@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
+from cdino.atomic import replacing
 from cdino.metrics import det_curve, eer
 
 #: DET axis ticks, as miss / false-alarm probabilities.
@@ -25,11 +26,9 @@ DET_POINTS = 2000
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return path
 
 

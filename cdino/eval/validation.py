@@ -88,14 +88,14 @@ def validation_eer(model_dir: str | Path, valid_dir: str | Path, device: str = "
     """EER of a model on pseudo-label trials of the held-out utterances (see the module
     docstring). Under torchrun call it on every rank: the ranks embed together and rank 0
     returns the result (the others ``{}``)."""
-    from cdino.api import load_model
     from cdino.eval.embed import extract_embeddings
+    from cdino.eval.model_folder import read_model_folder
     from cdino.eval.threshold import pseudo_label_scores
     from cdino.metrics import eer
     from cdino.pseudo.kmeans import KMeansConfig, cluster
-    from cdino.train.distributed import is_main
+    from cdino.distributed import is_main
 
-    model = load_model(model_dir, device=device, optimize="fp32" if device == "cpu" else False)
+    model = read_model_folder(model_dir, device=device, optimize="fp32" if device == "cpu" else False)
     utts, emb = extract_embeddings(model.encoder, model.fbank, DataDir.load(valid_dir), device=model.device,
                                    progress=False, distributed=distributed, num_workers=num_workers,
                                    desc="embedding validation utterances")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +25,8 @@ from cdino.errors import TrainingError
 from cdino.methods.base import Method, MethodContext
 from cdino.models.dino_head import DinoHead
 from cdino.models.registry import build_encoder
-from cdino.train.distributed import all_reduce_mean
-from cdino.train.schedules import cosine, linear_warmup
+from cdino.distributed import all_reduce_mean
+from cdino.methods.schedules import cosine, linear_warmup
 
 
 @dataclass
@@ -93,29 +92,16 @@ class MultiCropModel(nn.Module):
         return torch.cat(outs, dim=0)
 
 
-def load_init(model: nn.Module, path: str | Path, log=None) -> dict | None:
-    """Initialise ``model``'s encoder from a model folder, or return a DINO run's state."""
-    from cdino.train import checkpoint as ckpt
-
-    path = Path(path)
-    if (path / "checkpoints").is_dir():
-        found = ckpt.latest_checkpoint(path / "checkpoints")
-        if found is None:
-            raise TrainingError(f"{path}: no readable checkpoint to start from")
-        return found[1]
-    from cdino.api import load_model
-
-    src = load_model(path)
-    model.encoder.load_state_dict(src.encoder.state_dict())
-    if log:
-        log(f"encoder initialised from model folder {path}")
-    return None
-
-
 class DinoMethod(Method):
     """Plain DINO; :class:`cdino.methods.cluster_aware.ClusterAwareDinoMethod` extends it."""
 
     name = "dino"
+
+    def __init__(self, init: dict | None = None) -> None:
+        # What to start from (``cdino.train.stages.dino_init`` reads it from ``dino.init``):
+        # ``{"encoder": state}`` (a model folder's encoder weights) or ``{"run": checkpoint}``
+        # (a DINO run's latest checkpoint: student, teacher and centre).
+        self.init = init
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
@@ -127,13 +113,19 @@ class DinoMethod(Method):
         self.teacher = copy.deepcopy(self.student)
         self.center = torch.zeros(1, self.dc.out_dim)
         self.low_mi_windows = 0
-        init_state = load_init(self.student, self.dc.init, ctx.log) if self.dc.init else None
-        if init_state is not None:
-            self.student.load_state_dict(init_state["student"])
-            self.load_state_dict(init_state["method"])
+        if self.dc.init and self.init is None:
+            raise TrainingError(f"dino.init {self.dc.init}: not read (DinoMethod(init=dino_init(path)) "
+                                "in cdino.train.stages reads it)")
+        if self.init is not None and "run" in self.init:
+            self.student.load_state_dict(self.init["run"]["student"])
+            self.load_state_dict(self.init["run"]["method"])
             if ctx.log:
                 ctx.log(f"student, teacher and centre initialised from {self.dc.init}")
         else:
+            if self.init is not None:
+                self.student.encoder.load_state_dict(self.init["encoder"])
+                if ctx.log:
+                    ctx.log(f"encoder initialised from model folder {self.dc.init}")
             self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.to(ctx.device)
         self.center = self.center.to(ctx.device)

@@ -43,8 +43,8 @@ from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, mult
 from cdino.pseudo.kmeans import KMeansConfig
 from cdino.pseudo.label_correction import DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_from_probs
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
-from cdino.train.distributed import all_reduce_sum
-from cdino.train.schedules import linear_warmup
+from cdino.distributed import all_reduce_sum
+from cdino.methods.schedules import linear_warmup
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cdino.atomic import write_lines
 from cdino.testing.faults import fault_point
 from cdino.errors import ConfigError, DataError
 
@@ -416,13 +417,7 @@ def write_utt2cluster(path: str | os.PathLike, utts: list[str], labels: np.ndarr
     labels = np.asarray(labels).reshape(-1)
     if len(utts) != labels.size:
         raise ValueError(f"{len(utts)} utterances but {labels.size} labels")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for utt, lab in zip(utts, labels.tolist()):
-            f.write(f"{utt} {int(lab)}\n")
-    os.replace(tmp, path)
+    write_lines(path, (f"{utt} {int(lab)}" for utt, lab in zip(utts, labels.tolist())))
 
 
 def read_utt2cluster(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

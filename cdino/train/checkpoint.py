@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cdino.atomic import atomic_open
 from cdino.errors import ModelFormatError, TrainingError
 from cdino.testing.faults import fault_point
 
@@ -27,23 +28,18 @@ class CheckpointWriteError(TrainingError):
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``torch.save`` through :func:`cdino.atomic.atomic_open`, flushed to disk before the
+    rename; a failed write raises :class:`CheckpointWriteError` and keeps the old file."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getbuffer()
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb", durable=True) as f:
             f.write(data[: len(data) // 2])
             f.flush()
             fault_point("checkpoint_write")
             f.write(data[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"{path}: cannot write checkpoint ({exc.strerror or exc}); "
                                    "the previous checkpoint is intact") from None
 

@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from cdino.atomic import replacing, save_npy, write_text
 from cdino.console import progress_enabled
 from cdino.data.kaldi_dir import DataDir, read_visual
-from cdino.errors import DataError
+from cdino.errors import DataError, TrainingError
 from cdino.methods.base import FeatureFrontend
 from cdino.methods.cluster_aware import ClusterAwareDinoMethod
 from cdino.methods.dino import DinoMethod
@@ -30,7 +32,7 @@ from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
 from cdino.train.trainer import TrainConfig, Trainer
-from cdino.train.distributed import barrier, init_distributed, is_main, resolve_device
+from cdino.distributed import barrier, init_distributed, is_main, resolve_device
 
 
 TRAIN_EMBED_SECONDS = 20.0  # longest central part of a training utterance embedded for the model folder / clustering
@@ -47,11 +49,9 @@ def save_train_embeddings(model_dir: Path, utts: list[str], emb: np.ndarray) -> 
     """Keep the training-set embeddings made at export beside the model folder, tied to its
     weights, so the next stage's clustering reuses them instead of embedding again."""
     folder = Path(model_dir).parent
-    tmp = folder / "train_embeddings.tmp.npy"
-    np.save(tmp, emb)
     meta = {"weights_sha256": _digest(Path(model_dir) / "encoder.safetensors"), "utts": list(utts)}
-    (folder / "train_embeddings.json").write_text(json.dumps(meta))
-    tmp.replace(folder / "train_embeddings.npy")
+    save_npy(folder / "train_embeddings.npy", emb)
+    write_text(folder / "train_embeddings.json", json.dumps(meta))  # last: it vouches for the array
 
 
 def load_train_embeddings(model_dir: Path, utts: list[str]) -> np.ndarray | None:
@@ -88,7 +88,7 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
     """
     import sys
 
-    from cdino.api import save_model_folder
+    from cdino.eval.model_folder import save_model_folder
     from cdino.eval.calibration import pseudo_label_calibration
     from cdino.eval.threshold import pseudo_label_threshold
 
@@ -122,10 +122,43 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
     return Path(out)
 
 
+def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
+    """A model folder holding a randomly initialised encoder (seeded), exported as usual."""
+    from cdino.data.loader import open_store
+    from cdino.models.registry import build_encoder
+
+    out = Path(out)
+    if model_complete(out):
+        return out
+    torch.manual_seed(cfg.trainer.seed)
+    encoder = build_encoder(cfg.encoder)
+    progress = progress_enabled(cfg.trainer.progress) and is_main()
+    store = open_store(DataDir.load(train_dir), cfg.data, progress=progress)
+    # On every rank (under torchrun): the ranks embed the training set together.
+    return export_model(encoder, cfg, store, resolve_device(cfg.trainer.device), out,
+                        {"method": "untrained"}, progress=progress, embed_all=False)
+
+
 def _true_labels(data: DataDir, utts: list[str]) -> np.ndarray | None:
     if not data.utt2spk:
         return None
     return data.speaker_labels(utts)[0]
+
+
+def dino_init(path: str | Path) -> dict:
+    """What a DINO stage with ``dino.init`` starts from: a DINO experiment folder gives its
+    latest checkpoint (``{"run": ...}``: student, teacher, centre), a model folder its
+    encoder weights (``{"encoder": ...}``)."""
+    from cdino.eval.model_folder import read_model_folder
+    from cdino.train import checkpoint as ckpt
+
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        found = ckpt.latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise TrainingError(f"{path}: no readable checkpoint to start from")
+        return {"run": found[1]}
+    return {"encoder": read_model_folder(path).encoder.state_dict()}
 
 
 def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: str = "dino",
@@ -133,7 +166,8 @@ def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: 
     """Stage 1: DINO or cluster-aware DINO; returns the exported model folder."""
     out = Path(out)
     data = DataDir.load(data_dir)
-    m = DinoMethod() if method == "dino" else ClusterAwareDinoMethod()
+    init = dino_init(cfg.dino.init) if cfg.dino.init else None
+    m = DinoMethod(init) if method == "dino" else ClusterAwareDinoMethod(init)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, m, data, out, resume=resume)
     history = trainer.fit()
@@ -189,8 +223,8 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     ``on_round(r, model_dir, summary)`` is called after each round (e.g. to evaluate on
     test trials — for reporting only). Returns one summary dict per round.
     """
-    from cdino.api import load_model
     from cdino.data.loader import open_store
+    from cdino.eval.model_folder import read_model_folder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +237,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     visual = has_visual = None
     if pc.modality == "audio_visual":
         visual, has_visual = load_visual_for(store.utts, cfg, data)
-    init_state = {k: v.clone() for k, v in load_model(init).encoder.state_dict().items()}
+    init_state = {k: v.clone() for k, v in read_model_folder(init).encoder.state_dict().items()}
     prev_model = Path(init)
     prev_visual = None  # (visual-MLP state, refined rows) of the previous round
     summaries = []
@@ -227,15 +261,14 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
                 cl_info["visual_view"] = ("precomputed rows" if prev_visual is None
                                           else f"round {r - 1}'s visual network")
         if not labels_path.is_file() and is_main():
-            np.save(rdir / "class_centres.npy", cl_info.pop("class_centres"))
+            save_npy(rdir / "class_centres.npy", cl_info.pop("class_centres"))
             write_utt2cluster(rdir / "utt2cluster", store.utts, labels)
-            (rdir / "clustering.json").write_text(json.dumps(cl_info, indent=1))
-            np.save(rdir / "labels.tmp.npy", labels)
-            Path(rdir / "labels.tmp.npy").replace(labels_path)
+            write_text(rdir / "clustering.json", json.dumps(cl_info, indent=1))
+            save_npy(labels_path, labels)  # last: its presence says the clustering is done
         barrier()
         labels = np.load(labels_path)
         cl_info = json.loads((rdir / "clustering.json").read_text())
-        start = init_state if (pc.restart_from_init or r == 1) else load_model(prev_model).encoder.state_dict()
+        start = init_state if (pc.restart_from_init or r == 1) else read_model_folder(prev_model).encoder.state_dict()
         init_visual = prev_visual[0] if prev_visual is not None and not pc.restart_from_init else None
         method = PseudoLabelMethod(labels, init_encoder=start, visual=visual, has_visual=has_visual,
                                    true_labels=true, round_index=r, plot_dir=rdir / "plots",
@@ -258,7 +291,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
                      {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
                      progress=progress_enabled(cfg.trainer.progress), embed_all=r < pc.rounds)
         if is_main():
-            summary_path.write_text(json.dumps(summary, indent=1))
+            write_text(summary_path, json.dumps(summary, indent=1))
         barrier()
         if on_round is not None:  # on every rank: evaluation shares its embedding work
             on_round(r, rdir / "model", summary)
@@ -272,11 +305,9 @@ def save_refined_visual(rdir: Path, state: dict, rows: np.ndarray) -> None:
     training rows (``visual_refined.npy``), which the next round clusters on."""
     from safetensors.torch import save_file
 
-    tmp = rdir / "visual_refined.tmp.npy"
-    np.save(tmp, rows.astype(np.float32))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(rdir / "visual_mlp.tmp.safetensors"))
-    Path(rdir / "visual_mlp.tmp.safetensors").replace(rdir / "visual_mlp.safetensors")
-    tmp.replace(rdir / "visual_refined.npy")
+    with replacing(rdir / "visual_mlp.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    save_npy(rdir / "visual_refined.npy", rows.astype(np.float32))
 
 
 def load_refined_visual(rdir: Path):
@@ -289,14 +320,14 @@ def load_refined_visual(rdir: Path):
 
 
 def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
-    from cdino.api import load_model
+    from cdino.eval.model_folder import read_model_folder
 
     t0 = time.perf_counter()
     emb = None
     if cfg.pseudo.embed_seconds == TRAIN_EMBED_SECONDS:
         emb = load_train_embeddings(model_dir, store.utts)
     if emb is None:  # no embeddings saved at export for this model: embed the training set
-        model = load_model(model_dir, device=str(device), optimize="fp32" if device.type == "cpu" else False)
+        model = read_model_folder(model_dir, device=str(device), optimize="fp32" if device.type == "cpu" else False)
         frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
         emb = embed_training_store(model.encoder, frontend.fbank, store, device, cfg.pseudo.embed_seconds,
                                    progress=progress_enabled(cfg.trainer.progress) and is_main(),

@@ -47,8 +47,8 @@ from cdino.models.registry import EncoderConfig
 from cdino.threads import ThreadGovernor, apply_threads
 from cdino.testing.faults import fault_point
 from cdino.train import checkpoint as ckpt
-from cdino.train.distributed import DistInfo, all_reduce_mean, init_distributed, resolve_device
-from cdino.train.schedules import cosine, warmup_cosine
+from cdino.distributed import DistInfo, all_reduce_mean, init_distributed, resolve_device
+from cdino.methods.schedules import cosine, warmup_cosine
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Process-group set-up: one CPU process, or many ranks under ``torchrun`` (NCCL / gloo)."""
+"""Process-group set-up and collectives: one CPU process, or many ranks under ``torchrun``
+(NCCL / gloo), and the device each process works on.
+
+A base module (it imports nothing from cdino but :mod:`cdino.errors`): methods, training,
+evaluation and the user API all use it, and in one process every collective is a no-op."""
 
 from __future__ import annotations
 
@@ -71,14 +75,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """The torch device for ``device``: ``"auto"`` is CUDA when present, else the CPU;
+    ``"cuda"`` and ``"auto"`` take this process's GPU (``LOCAL_RANK``) under torchrun.
+    Asking for CUDA where there is none, or for a GPU this machine lacks, is a
+    :class:`ConfigError` (no silent fall-back to the CPU)."""
+    name = str(device)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device '{device}': not a device name (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}': CUDA is not available on this machine "
+                              "(use device 'cpu', or 'auto' for CUDA only where present)")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}': this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    return dev
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
