@@ -197,7 +197,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.log = RunLog(self.out_dir, self.dist.is_main, tc.tensorboard)
         # bf16 autocast on CUDA and on CPUs with native bf16 units (AVX512-BF16 / AMX: the
-        # demo's DINO step ~1.3-1.5x faster); fp32 elsewhere, and always with precision fp32.
+        # demo's DINO step 1.28x faster, BENCHMARKS.md); fp32 elsewhere, and always with precision fp32.
         # fbank, augmentation, the DINO prototypes and the losses stay fp32 under autocast.
         bf16_here = self.device.type == "cuda" or fast_bf16(self.device)
         if tc.precision == "bf16" and not bf16_here:
