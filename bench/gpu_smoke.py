@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_speaker_dir, write_trials_for  # noqa: E402
 
-from cdino.api import run_eval  # noqa: E402
+from cdino.verbs import run_eval  # noqa: E402
 from cdino.config import load_config  # noqa: E402
 from cdino.train import stages  # noqa: E402
 from cdino.train.trainer import TrainConfig  # noqa: E402

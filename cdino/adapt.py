@@ -248,7 +248,7 @@ class AdaptPipeline(StagedRun):
     def evaluate(self, model_dir: Path, test: Path, trials: Path, name: str) -> dict:
         """EER / minDCF of a model on a test folder (reporting only). Called on every rank:
         the ranks embed together; rank 0 scores and returns the result, the others ``{}``."""
-        from cdino.api import run_eval
+        from cdino.verbs import run_eval
         from cdino.distributed import is_main, resolve_device
 
         cfg = self.train_config("adapt")

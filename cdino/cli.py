@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
             raise_error("--method pseudo needs --init MODEL_DIR (a stage-1 model folder)")
         on_round = None
         if args.test_data and args.test_trials:
-            from cdino.api import run_eval
+            from cdino.verbs import run_eval
 
             from cdino.distributed import resolve_device
 
@@ -146,7 +146,7 @@ def _ranks(device: str) -> tuple[str, bool]:
 
 
 def cmd_embed(args) -> int:
-    from cdino.api import run_embed
+    from cdino.verbs import run_embed
 
     device, distributed = _ranks(args.device)
     run_embed(args.model, args.data, args.out, device=device, distributed=distributed,
@@ -155,7 +155,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cdino.api import run_eval
+    from cdino.verbs import run_eval
 
     device, distributed = _ranks(args.device)
     run_eval(args.model, args.data, args.trials, args.json, scores_out=args.scores,
@@ -165,7 +165,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from cdino.api import run_verify
+    from cdino.verbs import run_verify
 
     if args.enroll is not None or args.test is not None:
         if args.files or args.enroll is None or args.test is None:
@@ -183,7 +183,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from cdino.api import run_calibrate
+    from cdino.verbs import run_calibrate
 
     run_calibrate(args.model, args.data, args.trials, prior=args.prior, enroll=args.enroll,
                   device=_device(args.device), num_workers=args.workers)
@@ -191,7 +191,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from cdino.api import run_score
+    from cdino.verbs import run_score
 
     run_score(args.model, args.pairs, args.out, data_dir=args.data, threshold=args.threshold,
               device=_device(args.device))
@@ -199,7 +199,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from cdino.api import run_export
+    from cdino.verbs import run_export
 
     run_export(args.model, args.onnx)
     return 0

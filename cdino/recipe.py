@@ -315,7 +315,7 @@ class Pipeline(StagedRun):
         """Test-trial EER/minDCF of a stage's model (reporting only). Called on every rank:
         the ranks embed the test utterances together on their devices; rank 0 scores and
         returns the result, the others ``{}``."""
-        from cdino.api import run_eval
+        from cdino.verbs import run_eval
         from cdino.distributed import is_main, resolve_device
 
         cfg = self.train_config("dino")

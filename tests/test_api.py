@@ -15,7 +15,9 @@ import yaml
 from cdino.atomic import leftovers
 import cdino
 import cdino.api as api
-from cdino.api import load_model, run_eval, run_verify, save_model_folder
+import cdino.verbs as verbs
+from cdino.api import load_model, save_model_folder
+from cdino.verbs import run_eval, run_verify
 from cdino.data.kaldi_dir import write_data_dir
 from cdino.errors import AudioError, ConfigError, DataError, ModelFormatError
 from cdino.eval.embed import embed_waves
@@ -249,7 +251,7 @@ def test_run_eval_unknown_trial_utterance_fails_before_embedding(model_dir, tmp_
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedding started before the trials were checked")
 
-    monkeypatch.setattr(api, "extract_embeddings", no_embedding)
+    monkeypatch.setattr(verbs, "extract_embeddings", no_embedding)
     with pytest.raises(DataError, match="'ghost_utt'") as err:
         run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
     assert "\n" not in str(err.value) and str(trials) in str(err.value)
@@ -455,7 +457,7 @@ def test_run_score_pairs_of_utterance_ids(model_dir, tmp_path, capsys):
     ref = [float(line.split()[2]) for line in (tmp_path / "eval_scores").read_text().splitlines()[:20]]
     np.testing.assert_allclose([float(g[2]) for g in got], ref, atol=1e-4)
     # A threshold of the user's moves every decision.
-    summary = api.run_score(model_dir, pairs, out, data_dir=data, threshold=1.5, progress=False)
+    summary = verbs.run_score(model_dir, pairs, out, data_dir=data, threshold=1.5, progress=False)
     assert summary["n_same"] == 0 and summary["n_different"] == 20
     assert all(line.endswith(" different") for line in out.read_text().splitlines())
 

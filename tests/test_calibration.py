@@ -12,7 +12,8 @@ import soundfile as sf
 
 from cdino.atomic import leftovers
 from cdino import metrics
-from cdino.api import load_model, run_calibrate, run_eval, run_verify, save_model_folder
+from cdino.api import load_model, save_model_folder
+from cdino.verbs import run_calibrate, run_eval, run_verify
 from cdino.cli import main
 from cdino.data.kaldi_dir import read_enroll_map, write_data_dir
 from cdino.errors import ConfigError, DataError, ModelFormatError
@@ -369,7 +370,7 @@ def test_eval_reports_calibration_metrics_and_calibrate_refits(calibrated_dir, t
     assert res["actdcf_0.05"] == pytest.approx(metrics.act_dcf(llr, labels, 0.05), abs=1e-9)
     assert re.search(r"^Cllr \d+\.\d{3}  minCllr \d\.\d{3}  actDCF\(0\.01\) \d+\.\d{3}  actDCF\(0\.05\) "
                      r"\d+\.\d{3}$", out, re.M)
-    from cdino.api import calibration_metrics
+    from cdino.verbs import calibration_metrics
 
     got, note = calibration_metrics(scores, labels, load_model(calibrated_dir).calibration, asnorm=True)
     assert got["cllr"] is None and got["min_cllr"] == res["min_cllr"] and "AS-norm" in note

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from cdino.api import run_eval, save_model_folder
+from cdino.api import save_model_folder
+from cdino.verbs import run_eval
 from cdino.config import load_config
 from cdino.models.registry import build_encoder
 from cdino.testing.faults import same_encoder_weights

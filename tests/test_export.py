@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cdino.atomic import leftovers
-from cdino.api import export_onnx, load_model, run_export, save_model_folder
+from cdino.api import export_onnx, load_model, save_model_folder
+from cdino.verbs import run_export
 from cdino.errors import ModelFormatError
 from cdino.frontend.fbank import FbankConfig
 from cdino.models.registry import EncoderConfig, build_encoder

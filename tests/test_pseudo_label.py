@@ -164,7 +164,7 @@ def test_supervised_reference_trains_on_true_labels(tiny_data, tmp_path):
 
 def test_same_seed_same_pseudo_labels_and_eer(tiny_data, tmp_path, init_model):
     """Determinism on the CPU: same seed and data → same pseudo labels, weights and EER."""
-    from cdino.api import run_eval
+    from cdino.verbs import run_eval
     from conftest import write_trials_for
 
     cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2", "pseudo.rounds=1"])
