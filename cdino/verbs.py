@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from cdino.api import VERIFY_PRIOR, PathLike, SpeakerModel, _export_onnx, clip_warnings, load_model
-from cdino.atomic import write_text
+from cdino.atomic import write_lines, write_text
 from cdino.data.kaldi_dir import DataDir, EnrollMap, Trials, read_enroll_map, read_trials
 from cdino.errors import ConfigError, DataError
 from cdino.eval.calibration import CALIBRATION_FILE, DEFAULT_PRIOR, Calibration, fit_calibration, write_calibration
@@ -346,8 +346,8 @@ def run_score(model_dir: PathLike, pairs_path: PathLike, out: PathLike, data_dir
     keyed = Pairs([key[n] for n in pairs.enroll], [key[n] for n in pairs.test], pairs.path, pairs.lines)
     scores = np.asarray(score_trials(emb, index, keyed, mean=model.mean), dtype=np.float64)
     same = scores >= model.threshold
-    write_text(Path(out), "".join(f"{e} {t} {s:.6f} {'same' if d else 'different'}\n"
-                                     for e, t, s, d in zip(pairs.enroll, pairs.test, scores, same)))
+    write_lines(out, (f"{e} {t} {s:.6f} {'same' if d else 'different'}"
+                      for e, t, s, d in zip(pairs.enroll, pairs.test, scores, same)))
     summary = {"out": str(out), "n_pairs": int(len(scores)), "threshold": model.threshold,
                "n_same": int(same.sum()), "n_different": int((~same).sum())}
     print(f"wrote {summary['n_pairs']} scores to {out} (threshold {model.threshold:.6f}: "

@@ -313,7 +313,7 @@ def write_utt2dur(path: PathLike, durations: Mapping[str, float]) -> None:
     """Write ``utt seconds`` lines (in the mapping's order), atomically."""
     path = Path(path)
     write_lines(path, (f"{_check_token(path, u, 'utterance id')} {format_seconds(d)}"
-                               for u, d in durations.items()))
+                       for u, d in durations.items()))
 
 
 def _load_utt2dur(root: Path, wav: dict[str, str]) -> dict[str, float] | None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cdino.atomic import save_npy, write_text
+from cdino.atomic import save_npy, write_lines, write_text
 from cdino.data.audio import SAMPLE_RATE, audio_info, load_audio
 from cdino.data.kaldi_dir import DataDir
 from cdino.errors import AudioError, DataError
@@ -274,10 +274,7 @@ def merge_embeddings(out_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]
         raise DataError(f"{out_dir / 'shards'}: {len(missing)} of {manifest['n_shards']} shards "
                         f"not finished (first: {missing[0]:05d}); run the extraction again to finish them")
     emb = _concat(parts)
-    write_text(out_dir / "utts.txt", "".join(u + "\n" for u in utts))
-    if skipped:
-        write_text(out_dir / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
-    save_npy(out_dir / "embeddings.npy", emb)
+    _write_merged(out_dir, utts, emb, skipped)
     return utts, emb
 
 
@@ -624,10 +621,10 @@ def _replay_skipped(out: Path, skipped, source) -> None:
 
 
 def _write_merged(out: Path, utts: list[str], emb: np.ndarray, skipped: list[tuple[str, str]]) -> None:
-    write_text(out / "utts.txt", "".join(u + "\n" for u in utts))
+    write_lines(out / "utts.txt", utts)
     if skipped:
-        write_text(out / "skipped.txt", "".join(f"{u}\t{r}\n" for u, r in skipped))
-    save_npy(out / "embeddings.npy", emb)
+        write_lines(out / "skipped.txt", (f"{u}\t{r}" for u, r in skipped))
+    save_npy(out / "embeddings.npy", emb)  # written last: its presence marks the result whole
 
 
 def _barrier() -> None:
