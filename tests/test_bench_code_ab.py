@@ -1,0 +1,47 @@
+"""bench/bench_code_ab.py: the steady-state rate it reads from a train.log, and its input checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_code_ab.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_code_ab", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rate_is_taken_between_the_first_and_last_logged_step(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("2026-12-02 10:00:00 precision fp32, 2 CPU threads\n"
+                   "2026-12-02 10:00:30 step 20 epoch 1 loss=8.1 utt_per_s=21.3\n"
+                   "2026-12-02 10:00:40 step 40 epoch 1 loss=8.0 utt_per_s=60.0\n"
+                   "2026-12-02 10:00:40 epoch 1: {\"x\": 1}\n"
+                   "2026-12-02 10:01:10 step 100 epoch 1 loss=7.9 utt_per_s=64.0\n")
+    got = _module().steady_rate(log, batch=32)
+    # 80 steps of 32 in 40 s; the start-up before step 20 is not counted
+    assert got == {"first_step": 20, "last_step": 100, "seconds": 40.0, "utt_per_s": 64.0}
+
+
+def test_a_log_with_one_step_is_an_error_not_a_rate(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("2026-12-02 10:00:30 step 20 epoch 1 loss=8.1\n")
+    with pytest.raises(ValueError, match="fewer than two logged steps"):
+        _module().steady_rate(log, batch=32)
+
+
+def test_a_tree_without_cdino_is_a_one_line_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wav.scp").write_text("")
+    got = subprocess.run([sys.executable, str(BENCH), "--a", str(tmp_path), "--b", str(tmp_path),
+                          "--data", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2
+    assert got.stderr.strip().splitlines() == [f"--a {tmp_path}: no cdino package in this folder"]
