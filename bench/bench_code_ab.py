@@ -10,8 +10,9 @@ steady-state rate from the run's ``train.log``: training utterances per second b
 first and the last logged step (start-up, data loading and the first 20 steps excluded).
 Alternating spreads the machine's drift over both versions. Prints one JSON object: every
 run's rate, each version's median, and ``b_over_a`` (median B / median A; > 1: B faster).
-A tree is a folder holding the ``cdino`` package (a checkout or ``git worktree``); it is
-put first on ``PYTHONPATH``. Run it alone on the machine.
+A tree is a folder holding the ``cdino`` package (a checkout or ``git worktree``); each
+run starts in its tree with the tree on ``PYTHONPATH``, and the script checks (and records
+in ``packages``) that the child imports that tree's cdino. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -53,12 +54,24 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def _env(tree: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(tree), "CDINO_NO_PROGRESS": "1"}
+
+
+def package_of(tree: Path) -> Path:
+    """The cdino package a child started as :func:`one_run` starts it imports. It runs in
+    ``tree``: ``python -m`` puts the working directory before ``PYTHONPATH``, so from
+    another checkout's root the child would import that checkout's cdino instead."""
+    got = subprocess.run([sys.executable, "-c", "import cdino; print(cdino.__file__)"], env=_env(tree),
+                         cwd=tree, capture_output=True, text=True, timeout=120)
+    return Path(got.stdout.strip()).resolve().parent if got.returncode == 0 else Path()
+
+
 def one_run(tree: Path, data: Path, out: Path, seconds: float) -> None:
-    env = {**os.environ, "PYTHONPATH": str(tree), "CDINO_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "cdino.cli", "train", "--recipe", "demo", "--stage", "dino",
-           "--method", "dino", "--data", str(data), "--out", str(out)]
+           "--method", "dino", "--data", str(data.resolve()), "--out", str(out)]
     try:
-        subprocess.run(cmd, env=env, capture_output=True, timeout=seconds)
+        subprocess.run(cmd, env=_env(tree), cwd=tree, capture_output=True, timeout=seconds)
     except subprocess.TimeoutExpired:
         pass  # stopped on purpose: only the steady-state rate is wanted
 
@@ -76,6 +89,8 @@ def main() -> None:
     for name, tree in trees.items():
         if not (tree / "cdino" / "__init__.py").is_file():
             fail(f"--{name} {tree}: no cdino package in this folder")
+        if package_of(tree) != tree / "cdino":
+            fail(f"--{name} {tree}: a child process imports cdino from {package_of(tree)}, not from this tree")
     if not (Path(args.data) / "wav.scp").is_file():
         fail(f"--data {args.data}: no wav.scp in this folder")
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -98,7 +113,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "code_ab", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": platform.machine(), "cores": os.cpu_count(), "what": "demo DINO stage, steady-state utt/s",
-        "a": str(trees["a"]), "b": str(trees["b"]), "seconds_per_run": args.seconds,
+        "a": str(trees["a"]), "b": str(trees["b"]),
+        "packages": {n: str(package_of(t)) for n, t in trees.items()}, "seconds_per_run": args.seconds,
         "runs": runs, "median_utt_per_s": med, "b_over_a": round(med["b"] / med["a"], 3),
     }, indent=1))
 

@@ -45,3 +45,21 @@ def test_a_tree_without_cdino_is_a_one_line_error(tmp_path):
                           "--data", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
     assert got.returncode == 2
     assert got.stderr.strip().splitlines() == [f"--a {tmp_path}: no cdino package in this folder"]
+
+
+def test_each_run_imports_its_own_trees_cdino_even_from_a_checkout_root(tmp_path):
+    # A stub package: a run that imported it, and not the checkout's cdino (python -m puts the
+    # working directory first), writes no train.log, and the bench says so.
+    tree = tmp_path / "tree"
+    (tree / "cdino").mkdir(parents=True)
+    (tree / "cdino" / "__init__.py").write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wav.scp").write_text("")
+    repo_root = BENCH.parent.parent
+    assert _module().package_of(tree) == (tree / "cdino").resolve()
+    got = subprocess.run([sys.executable, str(BENCH), "--a", str(tree), "--b", str(tree), "--data",
+                          str(tmp_path / "data"), "--reps", "1", "--seconds", "60"],
+                         cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 2
+    assert got.stderr.strip().splitlines() == [f"{tree.resolve()}: the run wrote no train.log "
+                                               "(does this tree's cdino have `train --recipe`?)"]
