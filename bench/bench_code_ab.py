@@ -89,8 +89,10 @@ def main() -> None:
     for name, tree in trees.items():
         if not (tree / "cdino" / "__init__.py").is_file():
             fail(f"--{name} {tree}: no cdino package in this folder")
-        if package_of(tree) != tree / "cdino":
-            fail(f"--{name} {tree}: a child process imports cdino from {package_of(tree)}, not from this tree")
+    packages = {name: package_of(tree) for name, tree in trees.items()}
+    for name, tree in trees.items():
+        if packages[name] != tree / "cdino":
+            fail(f"--{name} {tree}: a child process imports cdino from {packages[name]}, not from this tree")
     if not (Path(args.data) / "wav.scp").is_file():
         fail(f"--data {args.data}: no wav.scp in this folder")
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -114,7 +116,7 @@ def main() -> None:
         "bench": "code_ab", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": platform.machine(), "cores": os.cpu_count(), "what": "demo DINO stage, steady-state utt/s",
         "a": str(trees["a"]), "b": str(trees["b"]),
-        "packages": {n: str(package_of(t)) for n, t in trees.items()}, "seconds_per_run": args.seconds,
+        "packages": {n: str(p) for n, p in packages.items()}, "seconds_per_run": args.seconds,
         "runs": runs, "median_utt_per_s": med, "b_over_a": round(med["b"] / med["a"], 3),
     }, indent=1))
 
