@@ -75,6 +75,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_stack(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` stacked in rank order, ``(world_size, *t.shape)``, on every rank
+    (``t`` with a leading axis of 1 in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.stack(parts)
+    return t.unsqueeze(0)
+
+
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """The torch device for ``device``: ``"auto"`` is CUDA when present, else the CPU;
     ``"cuda"`` and ``"auto"`` take this process's GPU (``LOCAL_RANK``) under torchrun.

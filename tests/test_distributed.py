@@ -181,3 +181,32 @@ def test_resume_with_another_number_of_ranks(speakers, tmp_path):
     assert len(weights) > 20
     for k in weights:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_killed_rank_in_a_capped_correction_epoch_resumes_to_the_uninterrupted_model(speakers, init_model,
+                                                                                      tmp_path):
+    """The per-class move cap is split over the ranks, each rank spending its own share of
+    it. A checkpoint written mid-epoch keeps every rank's spent share, so a killed rank's
+    rerun caps the same moves as the uninterrupted run (a rerun that gave rank 0 the whole
+    epoch's count and the other ranks none moved other samples than the uninterrupted run)."""
+    cfg = tmp_path / "pseudo.yaml"
+    cfg.write_text(PSEUDO_CFG.replace("rounds: 2", "rounds: 1").replace("n_clusters: 4", "n_clusters: 8")
+                   .replace("lr: 0.002", "lr: 0.01")
+                   .replace("correction: {start_epoch: 1}",
+                            "correction: {start_epoch: 1, temperature: 3.0, threshold: 0.2, "
+                            "max_moves_per_class: 0.4}")
+                   .replace("threads: 1}", "threads: 1, checkpoint_every: 1}"))
+    args = lambda out: ["train", "--method", "pseudo", "--data", str(speakers), "--init", str(init_model),
+                        "--out", str(out), "--config", str(cfg), "--resume"]
+    run_cdino(args(tmp_path / "ref"), 2)
+    epochs = json.loads((tmp_path / "ref" / "round1" / "summary.json").read_text())["epochs"]
+    assert epochs[1]["moved_fraction"] > 0  # corrections move samples in the epoch killed below
+    # 24 utterances / batch 8 = 3 steps an epoch: step 6 ends the first correction epoch,
+    # resumed from the checkpoint of step 5.
+    killed = run_cdino(args(tmp_path / "killed"), 2, check=False, CDINO_FAULT="step:6@1")
+    assert killed.returncode != 0
+    run_cdino(args(tmp_path / "killed"), 2)
+    assert "resumed from" in (tmp_path / "killed" / "round1" / "train.log").read_text()
+    assert same_encoder_weights(tmp_path / "ref" / "round1" / "model", tmp_path / "killed" / "round1" / "model")
+    again = json.loads((tmp_path / "killed" / "round1" / "summary.json").read_text())["epochs"]
+    assert [e["moved_fraction"] for e in again] == [e["moved_fraction"] for e in epochs]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cdino.config import from_dict
 from cdino.errors import ConfigError
-from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels
+from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels, spent_move_share
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig
 
 
@@ -197,3 +197,17 @@ def test_cap_moves_keeps_the_most_confident_moves_per_class():
     assert torch.equal(got, new) and kept.all()
     with pytest.raises(ConfigError, match="max_moves_per_class"):
         from_dict(LabelCorrectionConfig, {"max_moves_per_class": -1})
+
+
+def test_spent_move_share_keeps_each_ranks_row_and_splits_on_another_rank_count():
+    rows = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]])  # 2 ranks, 3 classes
+    assert torch.equal(spent_move_share(rows, 0, 2), rows[0])
+    assert torch.equal(spent_move_share(rows, 1, 2), rows[1])
+    # On 1 rank (which holds the whole cap) all spent moves are its own; on 4 ranks
+    # (each a quarter of the cap) each takes a quarter: the room left in all is unchanged.
+    assert torch.equal(spent_move_share(rows, 0, 1), torch.tensor([2.0, 3.0, 2.0]))
+    shares = torch.stack([spent_move_share(rows, r, 4) for r in range(4)])
+    assert torch.allclose(shares.sum(0), rows.sum(0))
+    assert torch.allclose(shares[0], shares[3])
+    with pytest.raises(ValueError, match="ranks, classes"):
+        spent_move_share(rows[0], 0, 2)

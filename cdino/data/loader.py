@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
@@ -131,6 +132,7 @@ class MemoryStore(WaveStore):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.samples = np.concatenate(chunks)
+        self.samples.flags.writeable = False  # shared by the stages that open this folder
 
     def num_samples(self, i: int) -> int:
         return int(self.lengths[i])
@@ -275,9 +277,39 @@ def _shard_store(data: DataDir, min_seconds: float, progress: bool, skipped: Ski
     return ShardStore(data, min_seconds=min_seconds, progress=progress, skipped=skipped)
 
 
+#: The last memory store opened in this process and what it was decoded from: the stages of
+#: a pipeline train on the same folder one after the other, and decode it once.
+_last_memory_store: tuple[tuple, MemoryStore] | None = None
+
+
+def _memory_store_key(data: DataDir, min_seconds: float) -> tuple:
+    """What a memory store's contents depend on: the folder's utterances, their files'
+    sizes and modification times, and the minimum length."""
+    files = []
+    for u in data.utts:
+        path = data.wav[u]
+        try:
+            st = os.stat(path)
+            files.append((u, path, st.st_size, st.st_mtime_ns))
+        except OSError:  # a missing file: skipped when decoded, so part of the key as such
+            files.append((u, path, None, None))
+    return (str(data.root.resolve()), float(min_seconds), tuple(files))
+
+
 def open_store(data: DataDir, cfg: DataConfig, progress: bool = True) -> WaveStore:
     """The training store of ``cfg.store``; a shard folder is read from its tar shards
-    (``files``) or decoded from them into memory (``memory``)."""
+    (``files``) or decoded from them into memory (``memory``). A memory store of a data
+    folder whose files have not changed since the last one this process opened is that
+    store again (its waveforms are read-only)."""
+    global _last_memory_store
+    if cfg.store == "memory" and data.shards is None:
+        key = _memory_store_key(data, cfg.min_seconds)
+        if _last_memory_store is not None and _last_memory_store[0] == key:
+            return _last_memory_store[1]
+        _last_memory_store = None  # not two stores in memory at once
+        store = MemoryStore(data, min_seconds=cfg.min_seconds, progress=progress)
+        _last_memory_store = (key, store)
+        return store
     if cfg.store == "memory":
         return MemoryStore(data, min_seconds=cfg.min_seconds, progress=progress)
     if data.shards is not None:

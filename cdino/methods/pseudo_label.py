@@ -41,9 +41,10 @@ from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.registry import build_encoder
 from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, multimodal_reliable
 from cdino.pseudo.kmeans import KMeansConfig
-from cdino.pseudo.label_correction import DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_from_probs
+from cdino.pseudo.label_correction import (DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_from_probs,
+                                          spent_move_share)
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
-from cdino.distributed import all_reduce_sum
+from cdino.distributed import all_gather_stack, all_reduce_sum
 from cdino.methods.schedules import linear_warmup
 
 
@@ -376,6 +377,9 @@ class PseudoLabelMethod(Method):
                 state[name] = getattr(self, name).state_dict()
         for k, v in self._global_counts().items():
             state[f"count_{k}"] = v.detach().cpu()
+        # The move cap is spent per rank (each holds its share of it): every rank's count.
+        if "moved_into" in self.count:  # the same keys on every rank: all call the collective or none
+            state["moved_into_per_rank"] = all_gather_stack(self.count["moved_into"]).detach().cpu()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -390,6 +394,9 @@ class PseudoLabelMethod(Method):
             if f"count_{k}" in state:  # global counts: rank 0 holds them, the others start at 0
                 value = state[f"count_{k}"].to(self.ctx.device)
                 self.count[k] = value if self.ctx.rank == 0 else torch.zeros_like(value)
+        per_rank = state.get("moved_into_per_rank")
+        if per_rank is not None:
+            self.count["moved_into"] = spent_move_share(per_rank, self.ctx.rank, self.ctx.world_size).to(self.ctx.device)
 
     def export_encoder(self) -> nn.Module:
         return self.student.encoder

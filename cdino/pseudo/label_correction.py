@@ -162,3 +162,16 @@ def cap_moves(labels: torch.Tensor, new_labels: torch.Tensor, corrected: torch.T
     keep[order] = keep_sorted
     dropped = moved & ~keep
     return torch.where(dropped, labels, new_labels), corrected & ~dropped
+
+
+def spent_move_share(per_rank: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """The moves into each class a resumed ``rank`` has already spent this epoch, from the
+    ``(ranks_then, n_classes)`` counts of a mid-epoch checkpoint. Each rank holds
+    ``1 / world_size`` of the cap: on as many ranks as wrote the checkpoint, every rank
+    takes back its own row; on another number, each takes an equal share of the total, so
+    the room left over all ranks is the same as before the restart."""
+    if per_rank.dim() != 2:
+        raise ValueError(f"per-rank move counts must be (ranks, classes); got shape {tuple(per_rank.shape)}")
+    if per_rank.shape[0] == world_size:
+        return per_rank[rank].clone()
+    return per_rank.sum(0) / world_size
