@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--out-dim", type=int, default=65536)
     ap.add_argument("--recipe", default=None, help="time this built-in recipe's DINO stage (e.g. demo)")
     args = ap.parse_args()
+    from cdino.allocator import keep_freed_memory
+
+    malloc_kept = keep_freed_memory()  # as the trainer does (CDINO_MALLOC=default: glibc's defaults)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 4)
@@ -140,7 +143,7 @@ def main() -> None:
            "torch": torch.__version__, "recipe": args.recipe, "encoder": cfg.encoder.name, "out_dim": dc.out_dim,
            "crops": (f"{dc.n_global}x{dc.global_seconds:g}s global + {dc.n_local}x{dc.local_seconds:g}s local, "
                      "on-device crop+augment+fbank"),
-           "batch": cfg.trainer.global_batch, "threads": torch.get_num_threads()}
+           "batch": cfg.trainer.global_batch, "threads": torch.get_num_threads(), "malloc_kept": malloc_kept}
     res["eager_fp32"] = run(device, False, cfg, steps, warmup)
     if not cuda:
         from cdino.models.inference import fast_bf16

@@ -100,10 +100,12 @@ def cmd_train(args) -> int:
 
             from cdino.distributed import resolve_device
 
-            def on_round(r, model_dir, summary):  # reporting only: nothing is chosen on it
+            def evaluate_round(r, model_dir, summary):  # reporting only: nothing is chosen on it
                 run_eval(model_dir, args.test_data, args.test_trials, Path(model_dir).parent / "eval.json",
                          label=f"round{r}", device=str(resolve_device(cfg.trainer.device)),
                          distributed=True, num_workers=cfg.data.num_workers)
+
+            on_round = evaluate_round
         summaries = stages.train_pseudo_rounds(cfg, args.data, args.init, args.out, resume=args.resume,
                                                on_round=on_round)
         model = Path(args.out) / f"round{len(summaries)}" / "model"

@@ -246,11 +246,11 @@ def test_enroll_map_errors_name_the_file_and_line(plain_dir, tmp_path):
     with pytest.raises(DataError, match=rf"{re.escape(str(trials))}:2: enrolment 'spkZ' is not in {re.escape(str(emap))}"):
         run_eval(plain_dir, data, trials, tmp_path / "r.json", progress=False, enroll=emap)
     trials.write_text("spkA s1_u1 nontarget\nspkA ghost target\n")
-    with pytest.raises(DataError, match=rf"trials:2: utterance 'ghost' is not in"):
+    with pytest.raises(DataError, match=r"trials:2: utterance 'ghost' is not in"):
         run_eval(plain_dir, data, trials, tmp_path / "r.json", progress=False, enroll=emap)
     trials.write_text("spkA s1_u1 nontarget\nspkA s0_u1 target\n")
     emap.write_text("spkA s0_u0 s0_u1 nobody\n")
-    with pytest.raises(DataError, match=rf"enroll:1: utterance 'nobody' \(enrolment 'spkA'\) is not in"):
+    with pytest.raises(DataError, match=r"enroll:1: utterance 'nobody' \(enrolment 'spkA'\) is not in"):
         run_eval(plain_dir, data, trials, tmp_path / "r.json", progress=False, enroll=emap)
     with pytest.raises(DataError, match=r"trials:1: utterance 'spkA' is not in"):
         run_eval(plain_dir, data, trials, tmp_path / "r.json", progress=False)  # no map given

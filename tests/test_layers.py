@@ -1,6 +1,6 @@
 """The package's layers: a module imports only from its own layer or those below it.
 
-    base     atomic, errors, config, console, metrics, threads, testing, distributed
+    base     allocator, atomic, errors, config, console, metrics, threads, testing, distributed
     data     data, corpus
     features frontend, models
     methods  methods, pseudo, eval
@@ -22,7 +22,7 @@ import cdino
 
 PACKAGE = Path(cdino.__file__).parent
 LAYERS = [
-    {"", "atomic", "errors", "config", "console", "metrics", "threads", "testing", "distributed"},
+    {"", "allocator", "atomic", "errors", "config", "console", "metrics", "threads", "testing", "distributed"},
     {"data", "corpus"},
     {"frontend", "models"},
     {"methods", "pseudo", "eval"},

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cdino.allocator import keep_freed_memory
 from cdino.atomic import save_npy, write_lines, write_text
 from cdino.data.audio import SAMPLE_RATE, audio_info, load_audio
 from cdino.data.kaldi_dir import DataDir
@@ -523,6 +524,7 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
     Returns ``(utts, emb)``: the utterances embedded, in the input order, and float32
     ``(N, D)`` embeddings (not normalised).
     """
+    keep_freed_memory()  # batches' buffers stay in the heap for the next batch (cdino/allocator.py)
     gathered = False
     if distributed:
         rank, world_size = _process_group()

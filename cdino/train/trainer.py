@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cdino.allocator import keep_freed_memory
 from cdino.console import progress_enabled
 from cdino.config import save_config, to_dict
 from cdino.data.kaldi_dir import DataDir
@@ -189,6 +190,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.resume = resume
         tc = cfg.trainer
+        keep_freed_memory()  # freed activations stay in the heap for the next step (cdino/allocator.py)
         self.threads = apply_threads(tc.threads)  # CDINO_THREADS > trainer.threads > auto (cdino/threads.py)
         self.governor = ThreadGovernor(tc.threads)  # auto: follows other processes' load while training
         self.device = resolve_device(tc.device)
