@@ -12,8 +12,8 @@ the demo made 26 million minor page faults (71 s of system time on 2 cores).
 systems: larger tensors still get their own mapping, returned when freed) and the trim
 threshold at :data:`TRIM_THRESHOLD` (256 MiB of free heap top kept for the next step).
 Nothing computed changes, only where memory comes from. Measured on the demo's DINO step
-(``bench/bench_malloc.py``, ``bench/results/malloc/``, BENCHMARKS.md): about a fifth of
-the page faults and of the system time, ~0.1 GB more peak memory; the step rate moved
+(``bench/bench_malloc.py``, ``bench/results/malloc/``, BENCHMARKS.md): a fifth of
+the page faults, a quarter of the system time, ~0.1 GB more peak memory; the step rate moved
 less than this machine's run-to-run noise.
 
 It acts on glibc only (Linux; not musl, macOS or Windows), once per process, and can be
