@@ -16,6 +16,7 @@ from cdino.errors import ConfigError
 from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.dino_head import DinoHead
 from cdino.models.inference import optimize_for_inference
+from cdino.models.pooling import VARIANCE_FLOOR, AttentiveStatsPool, _mean_std, _Moments, _WeightedMoments
 from cdino.models.registry import VARIANTS, EncoderConfig, build_encoder, count_parameters, describe
 
 SMALL = ("ecapa_tdnn_small", "resnet34_small")
@@ -244,3 +245,57 @@ def test_bf16_inference_of_ecapa_512_stays_within_cosine_tolerance():
     assert cos.min() > 0.9999
     with pytest.raises(ValueError, match="precision"):
         optimize_for_inference(enc, precision="fp16")
+
+
+def _reference_mean_std(x, weights=None):
+    """The pooling statistics as plain tensor operations (what autograd differentiates)."""
+    x = x.double()
+    if weights is None:
+        mean, second = x.mean(-1), (x * x).mean(-1)
+    else:
+        mean, second = (x * weights).sum(-1), (x * x * weights).sum(-1)
+    return mean, (second - mean * mean).clamp(min=VARIANCE_FLOOR).sqrt()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pooling_moments_have_the_gradients_of_the_plain_formula(weighted):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, 17, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    x.data[0, 0] = 0.25  # a constant channel: variance below the floor, clamped
+    w = torch.softmax(torch.randn(3, 5, 17, generator=gen, dtype=torch.float64), -1).requires_grad_() if weighted else None
+    inputs = (x, w) if weighted else (x,)
+    fused = _Moments.apply if not weighted else _WeightedMoments.apply
+    assert torch.autograd.gradcheck(fused, inputs)  # closed-form backward = numerical
+    mean, std = _mean_std(*inputs)
+    ref_mean, ref_std = _reference_mean_std(*inputs)
+    assert torch.allclose(mean.double(), ref_mean, rtol=1e-6) and torch.allclose(std.double(), ref_std, rtol=1e-5)
+    up_mean, up_std = torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((mean * up_mean).sum() + (std * up_std).sum(), inputs)
+    want = torch.autograd.grad((ref_mean * up_mean).sum() + (ref_std * up_std).sum(), inputs)
+    for g, r in zip(got, want):
+        assert torch.allclose(g.double(), r, rtol=1e-4, atol=1e-7)
+
+
+def test_attentive_pool_matches_the_plain_formula_in_training():
+    """The fused moments, under bf16 autocast as in training: output and every gradient."""
+    from cdino.models import pooling
+
+    torch.manual_seed(0)
+    pool = AttentiveStatsPool(24, 16, global_context=True)
+    x = torch.randn(4, 24, 31, requires_grad=True)
+    outs = {}
+    for plain in (False, True):
+        pool.zero_grad()
+        x.grad = None
+        before = pooling._plain_ops
+        if plain:
+            pooling._plain_ops = lambda: True
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = pool(x.bfloat16())
+            (y.float() * torch.linspace(-1, 1, y.shape[1])).sum().backward()
+        finally:
+            pooling._plain_ops = before
+        outs[plain] = [y.detach().float(), x.grad.clone()] + [p.grad.clone() for p in pool.parameters()]
+    for a, b in zip(outs[False], outs[True]):
+        assert torch.allclose(a, b, rtol=2e-2, atol=2e-3 * b.abs().max().item())
