@@ -73,9 +73,9 @@ def build(device: torch.device, cfg: TrainConfig):
     return cfg, method, opt, params
 
 
-def run(device: torch.device, bf16: bool, cfg: TrainConfig, steps: int, warmup: int,
-        wave_seconds: float = 8.0) -> dict:
-    torch.manual_seed(0)
+def make_step(device: torch.device, bf16: bool, cfg: TrainConfig, wave_seconds: float = 8.0):
+    """A fresh model and optimiser, and ``step(i)``: one full DINO training step on random
+    crops of random waveforms (seeded, so two calls make the same sequence)."""
     batch = cfg.trainer.global_batch
     cfg, method, opt, params = build(device, cfg)
     sr = 16000
@@ -84,7 +84,7 @@ def run(device: torch.device, bf16: bool, cfg: TrainConfig, steps: int, warmup: 
     g = torch.Generator(device=device).manual_seed(0)
     gs, ls = int(cfg.dino.global_seconds * sr), int(cfg.dino.local_seconds * sr)
 
-    def step(i: int):
+    def step(i: int) -> None:
         idx = torch.randint(0, bank.shape[0], (batch,), device=device, generator=g)
         w, n = bank[idx], lengths[idx]
         batch_d = {"global": random_crops(w, n, gs, cfg.dino.n_global, generator=g),
@@ -97,6 +97,14 @@ def run(device: torch.device, bf16: bool, cfg: TrainConfig, steps: int, warmup: 
         opt.zero_grad(set_to_none=True)
         method.after_optimizer_step(i, 1)
 
+    return step
+
+
+def run(device: torch.device, bf16: bool, cfg: TrainConfig, steps: int, warmup: int,
+        wave_seconds: float = 8.0) -> dict:
+    torch.manual_seed(0)
+    batch = cfg.trainer.global_batch
+    step = make_step(device, bf16, cfg, wave_seconds)
     for i in range(warmup):
         step(i)
     if device.type == "cuda":

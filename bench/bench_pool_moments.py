@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_dino_step as b  # noqa: E402
 from cdino.allocator import keep_freed_memory  # noqa: E402
-from cdino.frontend.crop import random_crops  # noqa: E402
 from cdino.models import pooling  # noqa: E402
 from cdino.models.inference import fast_bf16  # noqa: E402
 
@@ -35,26 +34,8 @@ def main() -> None:
     keep_freed_memory()
     bf16 = bool(fast_bf16(torch.device("cpu")))
     cfg = b.stage_config("ecapa_tdnn_small", 4096, 32, "demo")
-    _, method, opt, params = b.build(torch.device("cpu"), cfg)
-    sr, batch = 16000, cfg.trainer.global_batch
-    bank = torch.randn(256, 8 * sr) * 0.1
-    lengths = torch.full((256,), 8 * sr)
-    g = torch.Generator().manual_seed(0)
-    gs, ls = int(cfg.dino.global_seconds * sr), int(cfg.dino.local_seconds * sr)
-
-    def step(i: int) -> None:
-        idx = torch.randint(0, bank.shape[0], (batch,), generator=g)
-        w, n = bank[idx], lengths[idx]
-        crops = {"global": random_crops(w, n, gs, cfg.dino.n_global, generator=g),
-                 "local": random_crops(w, n, ls, cfg.dino.n_local, generator=g)}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = method.training_step(method.student, crops, i, 1, g)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        method.after_optimizer_step(i, 1)
-
+    torch.manual_seed(0)
+    step = b.make_step(torch.device("cpu"), bf16, cfg)
     switches = {"fused": pooling._plain_ops, "plain": lambda: True}
     for i in range(3):
         step(i)
