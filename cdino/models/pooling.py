@@ -30,11 +30,6 @@ def _as_output(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return stats
 
 
-def _dot_over_time(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_t a b`` of ``(B, C, T)`` tensors (faster here than ``bmm`` or ``einsum``)."""
-    return (a * b).sum(dim=-1)
-
-
 class _Moments(torch.autograd.Function):
     """``(mean_t x, mean_t x²)`` of a ``(B, C, T)`` tensor."""
 
@@ -42,7 +37,7 @@ class _Moments(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x)
         t = x.shape[-1]
-        return x.mean(dim=-1), _dot_over_time(x, x) / t
+        return x.mean(dim=-1), (x * x).sum(dim=-1) / t
 
     @staticmethod
     def backward(ctx, g_mean: torch.Tensor, g_second: torch.Tensor):
@@ -59,7 +54,7 @@ class _WeightedMoments(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, w)
         xw = x * w
-        return xw.sum(dim=-1), _dot_over_time(xw, x)
+        return xw.sum(dim=-1), (xw * x).sum(dim=-1)
 
     @staticmethod
     def backward(ctx, g_mean: torch.Tensor, g_second: torch.Tensor):
