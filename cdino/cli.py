@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="run the whole pipeline on the built-in simulated corpus")
     s.add_argument("--out", default="cdino-demo", help="output folder (default ./cdino-demo)")
-    s.add_argument("--quick", action="store_true", help="tiny corpus and few steps (about 2 minutes)")
+    s.add_argument("--quick", action="store_true", help="tiny corpus and few steps (about 4 minutes on 2 cores)")
     s.add_argument("--from", dest="from_stage", metavar="STAGE", help=from_help)
     s.set_defaults(func=cmd_demo)
 
