@@ -124,15 +124,3 @@ def stop_after_step(method, step: int) -> None:
 
     method.after_optimizer_step = dying
 
-
-# The files that take minutes (the quick demo in one process and on two ranks, killed and
-# resumed runs, several-rank runs, the seed study, domain adaptation) go first, so that
-# under `pytest -n 2` (pyproject.toml) no long file starts last while the other worker idles.
-SLOW_FILES_FIRST = ("test_demo.py", "test_faults.py", "test_distributed.py", "test_ablations_recipe.py",
-                    "test_adapt.py", "test_trainer.py", "test_bench_cpu_load.py", "test_voxceleb_recipe.py",
-                    "test_pseudo_label.py", "test_threads.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
