@@ -73,9 +73,27 @@ def build(device: torch.device, cfg: TrainConfig):
     return cfg, method, opt, params
 
 
-def make_step(device: torch.device, bf16: bool, cfg: TrainConfig, wave_seconds: float = 8.0):
+PARTS = ("crops", "frontend", "student_forward", "teacher_forward", "loss", "backward", "optimizer")
+
+
+def _timed(module: torch.nn.Module, totals: dict, name: str) -> None:
+    """Add the wall time of every call of ``module`` to ``totals[name]``."""
+    start: list[float] = []
+    module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
+
+    def done(*_):
+        totals[name] += time.perf_counter() - start.pop()
+
+    module.register_forward_hook(done)
+
+
+def make_step(device: torch.device, bf16: bool, cfg: TrainConfig, wave_seconds: float = 8.0,
+              totals: dict | None = None):
     """A fresh model and optimiser, and ``step(i)``: one full DINO training step on random
-    crops of random waveforms (seeded, so two calls make the same sequence)."""
+    crops of random waveforms (seeded, so two calls make the same sequence). With
+    ``totals`` (a dict of :data:`PARTS`), each part's wall seconds are added to it: the
+    modules the step calls are timed by hooks, ``loss`` is the rest of
+    ``training_step``. Wall times are only meaningful on the CPU (no device syncs)."""
     batch = cfg.trainer.global_batch
     cfg, method, opt, params = build(device, cfg)
     sr = 16000
@@ -83,19 +101,34 @@ def make_step(device: torch.device, bf16: bool, cfg: TrainConfig, wave_seconds: 
     lengths = torch.full((bank.shape[0],), bank.shape[1], device=device)
     g = torch.Generator(device=device).manual_seed(0)
     gs, ls = int(cfg.dino.global_seconds * sr), int(cfg.dino.local_seconds * sr)
+    hooked = ("frontend", "student_forward", "teacher_forward")
+    parts = totals if totals is not None else dict.fromkeys(PARTS, 0.0)
+    if totals is not None:
+        for module, name in zip((method.ctx.frontend, method.student, method.teacher), hooked):
+            _timed(module, totals, name)
 
     def step(i: int) -> None:
+        t0 = time.perf_counter()
         idx = torch.randint(0, bank.shape[0], (batch,), device=device, generator=g)
         w, n = bank[idx], lengths[idx]
         batch_d = {"global": random_crops(w, n, gs, cfg.dino.n_global, generator=g),
                    "local": random_crops(w, n, ls, cfg.dino.n_local, generator=g)}
+        t1 = time.perf_counter()
+        inside = sum(parts[k] for k in hooked)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = method.training_step(method.student, batch_d, i, 1, g)
+        t2 = time.perf_counter()
         loss.backward()
+        t3 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 3.0, foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         method.after_optimizer_step(i, 1)
+        t4 = time.perf_counter()
+        parts["crops"] += t1 - t0
+        parts["loss"] += (t2 - t1) - (sum(parts[k] for k in hooked) - inside)
+        parts["backward"] += t3 - t2
+        parts["optimizer"] += t4 - t3
 
     return step
 

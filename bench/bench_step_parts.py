@@ -34,66 +34,22 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("crops", "frontend", "student_forward", "teacher_forward", "loss", "backward", "optimizer")
-
-
-def _timed(module: torch.nn.Module, totals: dict, name: str) -> None:
-    """Add the wall time of every call of ``module`` to ``totals[name]``."""
-    start: list[float] = []
-    module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
-
-    def done(*_):
-        totals[name] += time.perf_counter() - start.pop()
-
-    module.register_forward_hook(done)
 
 
 def child(recipe: str, threads: int, steps: int, warmup: int, go: str | None) -> dict:
     sys.path.insert(0, str(HERE))
-    from bench_dino_step import build, stage_config
+    from bench_dino_step import PARTS, make_step, stage_config
 
     from cdino.allocator import keep_freed_memory
-    from cdino.frontend.crop import random_crops
     from cdino.models.inference import fast_bf16
 
     keep_freed_memory()  # as the trainer does
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device("cpu")
-    cfg, method, opt, params = build(device, stage_config("ecapa_tdnn", 0, 32, recipe))
     bf16 = bool(fast_bf16(device))
-    batch, sr = cfg.trainer.global_batch, 16000
-    bank = torch.randn(max(256, batch), 8 * sr) * 0.1
-    lengths = torch.full((bank.shape[0],), bank.shape[1])
-    g = torch.Generator().manual_seed(0)
-    gs, ls = int(cfg.dino.global_seconds * sr), int(cfg.dino.local_seconds * sr)
     totals = dict.fromkeys(PARTS, 0.0)
-    _timed(method.ctx.frontend, totals, "frontend")
-    _timed(method.student, totals, "student_forward")
-    _timed(method.teacher, totals, "teacher_forward")
-
-    def step(i: int) -> None:
-        t = time.perf_counter()
-        idx = torch.randint(0, bank.shape[0], (batch,), generator=g)
-        w, n = bank[idx], lengths[idx]
-        crops = {"global": random_crops(w, n, gs, cfg.dino.n_global, generator=g),
-                 "local": random_crops(w, n, ls, cfg.dino.n_local, generator=g)}
-        t1 = time.perf_counter()
-        totals["crops"] += t1 - t
-        inside = sum(totals[k] for k in ("frontend", "student_forward", "teacher_forward"))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = method.training_step(method.student, crops, i, 1, g)
-        t2 = time.perf_counter()
-        totals["loss"] += (t2 - t1) - (sum(totals[k] for k in ("frontend", "student_forward",
-                                                                "teacher_forward")) - inside)
-        loss.backward()
-        t3 = time.perf_counter()
-        totals["backward"] += t3 - t2
-        torch.nn.utils.clip_grad_norm_(params, 3.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        method.after_optimizer_step(i, 1)
-        totals["optimizer"] += time.perf_counter() - t3
+    step = make_step(device, bf16, stage_config("ecapa_tdnn", 0, 32, recipe), totals=totals)
 
     for i in range(warmup):
         step(i)
@@ -171,7 +127,7 @@ def main() -> None:
            "median_pair_throughput_vs_two_threads": statistics.median(
                r["pair_throughput_vs_two_threads"] for r in reps),
            "median_parts_ms_two_threads": {k: statistics.median(r["two_threads"]["parts_ms"][k] for r in reps)
-                                           for k in PARTS},
+                                           for k in reps[0]["two_threads"]["parts_ms"]},
            "reps": reps}
     print(json.dumps(res, indent=1))
 
