@@ -10,13 +10,13 @@ by timing the modules it calls: ``frontend`` (augmentation + fbank of all crops)
 
 Three runs, each in its own process: two threads alone, one thread alone, and two
 one-thread copies side by side (their timed steps start together), alternated ``--reps``
-times; medians are reported with every run's figures. ``scaling_two_threads`` is the one-thread step over the
-two-thread step; ``pair_throughput_vs_two_threads`` is the steps per second of the two
-copies together over those of the one two-thread process: above 1, two independent
-one-thread jobs (stages run side by side, or ranks) would finish sooner than one job on
-two threads. Run it alone.
+times; medians are reported with every run's figures. ``scaling_two_threads`` is the
+one-thread step over the two-thread step; ``pair_throughput_vs_two_threads`` is the
+steps per second of the two copies together over those of the one two-thread process:
+above 1, two independent one-thread jobs (stages run side by side, or ranks) would finish
+sooner than one job on two threads. Run it alone.
 
-    python bench/bench_step_parts.py --recipe demo > bench/results/step_parts_demo.json
+    python bench/bench_step_parts.py --recipe demo > bench/results/step_parts/demo_2.json
 """
 
 from __future__ import annotations

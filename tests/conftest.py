@@ -123,4 +123,3 @@ def stop_after_step(method, step: int) -> None:
             raise StopAt()
 
     method.after_optimizer_step = dying
-
