@@ -62,7 +62,8 @@ def dino_config(path: Path, epochs: int | None, overrides: list[str]) -> dict:
     import yaml
 
     from cdino.config import load_config, to_dict
-    from cdino.recipe import Pipeline, builtin_recipe, load_recipe
+    from cdino.pipeline.method import MethodPipeline as Pipeline, load_recipe
+    from cdino.pipeline.recipe_source import builtin_recipe
     from cdino.train.trainer import TrainConfig
 
     sets = list(overrides) + ["trainer.progress=false", "trainer.tensorboard=false"]

@@ -51,7 +51,8 @@ class _FakeStore:
 def stage_config(encoder: str, out_dim: int, batch: int, recipe: str | None) -> TrainConfig:
     """The DINO config timed: a recipe's DINO stage, or the given encoder / head / batch."""
     if recipe:
-        from cdino.recipe import _merge, builtin_recipe, load_recipe, stage_overrides
+        from cdino.pipeline.method import load_recipe, stage_overrides
+        from cdino.pipeline.recipe_source import builtin_recipe, merge_overrides as _merge
 
         over = stage_overrides(load_recipe(builtin_recipe(recipe)), "dino")
         return load_config(TrainConfig, _merge(over, {"trainer": {"epochs": 10}}))

@@ -93,7 +93,8 @@ def write_folder(root: Path, n: int, n_files: int = 16, seconds: float = 8.0) ->
 
 def startup(root: Path, workers: int, global_batch: int, world: int) -> dict:
     from cdino.data.kaldi_dir import DataDir
-    from cdino.data.loader import BatchFeed, DataConfig, GlobalBatchSampler, MultiCropDataset, open_store
+    from cdino.data.loader import BatchFeed, GlobalBatchSampler, MultiCropDataset
+    from cdino.data.stores import DataConfig, open_store
     from cdino.methods.dino import DinoConfig
 
     dc = DinoConfig()

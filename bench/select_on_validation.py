@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     import yaml
 
     from cdino.eval.validation import validation_eer
-    from cdino.recipe import DataSpec, Pipeline, _merge, load_recipe
+    from cdino.pipeline.method import DataSpec, MethodPipeline as Pipeline, load_recipe
+    from cdino.pipeline.recipe_source import merge_overrides as _merge
     from cdino.train.stages import train_pseudo_rounds
 
     study = args.study or args.exp.parent

@@ -340,7 +340,8 @@ def _add_onnx_metadata(path: Path, model: "SpeakerModel") -> None:
     onnx.save(proto, str(path))
 
 
-def _export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> tuple[Path, float]:
+def export_onnx_with_parity(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> tuple[Path, float]:
+    """:func:`export_onnx`, also returning the worst ONNX Runtime vs PyTorch cosine of its check."""
     import onnxruntime as ort
 
     model = load_model(model_dir, device="cpu")
@@ -377,4 +378,4 @@ def export_onnx(model_dir: PathLike, onnx_path: PathLike, opset: int = 17) -> Pa
     (batch, dim), dynamic batch and frames; ``metadata_props`` hold :func:`onnx_metadata`
     (mean, threshold, fbank settings as JSON). ONNX Runtime's output is checked against
     PyTorch's on random input; cosine below 0.9999 raises :class:`ModelFormatError`."""
-    return _export_onnx(model_dir, onnx_path, opset)[0]
+    return export_onnx_with_parity(model_dir, onnx_path, opset)[0]

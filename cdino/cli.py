@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
 
     if args.recipe:
         from cdino.config import read_yaml
-        from cdino.recipe import stage_train_config
+        from cdino.pipeline.method import stage_train_config
 
         if not args.stage:
             raise_error("--recipe needs --stage (dino, cdino, pseudo, mm or supervised)")
@@ -208,14 +208,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from cdino.recipe import run_recipe
+    from cdino.pipeline.run import run_recipe
 
     run_recipe(args.recipe, Path(args.out), from_stage=args.from_stage, overrides=args.set)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from cdino.recipe import run_demo
+    from cdino.pipeline.run import run_demo
 
     run_demo(Path(args.out), quick=args.quick, from_stage=args.from_stage)
     return 0
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"cdino {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    from cdino.recipe import STAGES
+    from cdino.pipeline.method import STAGES
 
     from_help = f"redo from this stage on; stages in order: {', '.join(STAGES)}"
     device_help = "cpu, cuda, cuda:N or auto (CUDA when present; default auto)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -125,3 +126,13 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shared_by_rank0(compute: Callable[[], object]) -> object:
+    """``compute()`` on rank 0 only, its result sent to every rank (torch.distributed, when
+    a process group is up; otherwise just ``compute()``). Every rank must call this."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return compute()
+    box = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -64,8 +64,9 @@ __all__ = [
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_trials(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Validated float64 scores and bool target flags."""
+def check_scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 scores and bool target flags (ValueError naming what is wrong:
+    lengths, no trials, NaN scores, labels other than 0/1)."""
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     lab = np.asarray(labels).reshape(-1)
     if s.size != lab.size:
@@ -118,14 +119,14 @@ def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     One point per distinct score (threshold = that score, ascending; accept-all first)
     plus the reject-all point with threshold ``+inf`` at the end.
     """
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     p_miss, p_fa, thr = _operating_points(s, lab)
     return np.r_[p_miss, 1.0], np.r_[p_fa, 0.0], np.r_[thr, np.inf]
 
 
 def eer(scores, labels) -> float:
     """Equal error rate (fraction) of verification trials (1 target / 0 non-target)."""
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     p_miss, p_fa, _ = _operating_points(s, lab)
     i = _eer_index(p_miss, p_fa)
     return float((p_miss[i] + p_fa[i]) / 2.0)
@@ -133,7 +134,7 @@ def eer(scores, labels) -> float:
 
 def eer_threshold(scores, labels) -> float:
     """The score threshold (accept ``score >= t``) at the equal-error operating point."""
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     p_miss, p_fa, thr = _operating_points(s, lab)
     return float(thr[_eer_index(p_miss, p_fa)])
 
@@ -141,7 +142,7 @@ def eer_threshold(scores, labels) -> float:
 def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
     """Minimum normalised detection cost over every threshold (incl. accept/reject-all)."""
     _check_dcf_args(p_target, c_miss, c_fa)
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     p_miss, p_fa, _ = _operating_points(s, lab)
     p_miss = np.r_[p_miss, 1.0]  # reject-all
     p_fa = np.r_[p_fa, 0.0]
@@ -167,7 +168,7 @@ def act_dcf(llr, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
     """Actual normalised detection cost of LLRs: trials with ``llr >= bayes_threshold(p)``
     are accepted; cost normalised as in :func:`min_dcf` (so ``act_dcf >= min_dcf``)."""
     _check_dcf_args(p_target, c_miss, c_fa)
-    s, lab = _check_trials(llr, labels)
+    s, lab = check_scores_and_labels(llr, labels)
     accept = s >= bayes_threshold(p_target, c_miss, c_fa)
     p_miss = float(np.mean(~accept[lab]))
     p_fa = float(np.mean(accept[~lab]))
@@ -179,7 +180,7 @@ def cllr(llr, labels) -> float:
     """Cost of log-likelihood ratios (bits): ``(mean over targets of log2(1 + e^-llr) +
     mean over non-targets of log2(1 + e^llr)) / 2``. Infinite LLRs are allowed (a wrong
     infinite one costs ``inf``)."""
-    s, lab = _check_trials(llr, labels)
+    s, lab = check_scores_and_labels(llr, labels)
     c_tar = float(np.mean(np.logaddexp(0.0, -s[lab])))
     c_non = float(np.mean(np.logaddexp(0.0, s[~lab])))
     return (c_tar + c_non) / (2.0 * np.log(2.0))
@@ -191,7 +192,7 @@ def pav_llr(scores, labels) -> np.ndarray:
     the scores gives a non-decreasing target posterior ``q`` per score (equal scores are
     pooled first, so they share one value), and ``llr = logit(q) - log(n_tar / n_non)``
     removes the trials' own prior. It minimises :func:`cllr` over all monotone maps."""
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     order = np.argsort(s, kind="stable")
     s_sorted = s[order]
     starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
@@ -284,7 +285,7 @@ def bootstrap_eer(scores, labels, n_boot: int = 1000, seed: int = 0,
         raise ValueError(f"n_boot must be at least 1; got {n_boot}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
-    s, lab = _check_trials(scores, labels)
+    s, lab = check_scores_and_labels(scores, labels)
     order, starts = _sorted_groups(s, lab)
     tar_sorted = lab[order]
     tar_pos = np.flatnonzero(tar_sorted)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cdino.api import VERIFY_PRIOR, PathLike, SpeakerModel, _export_onnx, clip_warnings, load_model
+from cdino.api import VERIFY_PRIOR, PathLike, SpeakerModel, export_onnx_with_parity, clip_warnings, load_model
 from cdino.atomic import write_lines, write_text
 from cdino.data.kaldi_dir import DataDir, EnrollMap, Trials, read_enroll_map, read_trials
 from cdino.errors import ConfigError, DataError
@@ -386,7 +386,7 @@ def run_embed(model_dir: PathLike, data_dir: PathLike, out_dir: PathLike, device
 
 def run_export(model_dir: PathLike, onnx: PathLike, opset: int = 17) -> Path:
     """``cdino export``: write the ONNX encoder and print the parity check."""
-    path, cos = _export_onnx(model_dir, onnx, opset)
+    path, cos = export_onnx_with_parity(model_dir, onnx, opset)
     model_cfg = read_model_config(model_dir)
     print(f"wrote {path}: input feats (batch, frames, {model_cfg.encoder.n_mels}) fbank, output embs "
           f"(batch, {model_cfg.embed_dim}); ONNX Runtime vs PyTorch cosine {cos:.6f}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from cdino.study import ARMS, CLAIMS
+from cdino.pipeline.study import ARMS, CLAIMS
 
 
 @pytest.fixture(scope="module")

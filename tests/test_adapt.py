@@ -97,7 +97,7 @@ KEYS = ("eer", "mindcf_0.01", "mindcf_0.05")
 
 @pytest.fixture(scope="module")
 def adapt_quick(tmp_path_factory):
-    from cdino.recipe import run_recipe
+    from cdino.pipeline.run import run_recipe
 
     out = tmp_path_factory.mktemp("adapt") / "exp"
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def test_adapt_quick_runs_end_to_end(adapt_quick):
 
 
 def test_rerun_skips_done_stages(adapt_quick, capsys):
-    from cdino.recipe import run_recipe
+    from cdino.pipeline.run import run_recipe
 
     out, first, seconds = adapt_quick
     capsys.readouterr()
@@ -141,7 +141,7 @@ def test_rerun_skips_done_stages(adapt_quick, capsys):
 
 
 def test_from_stage_removes_that_stage_on(adapt_quick, tmp_path):
-    from cdino.adapt import AdaptPipeline, load_adapt_recipe
+    from cdino.pipeline.adapt import AdaptPipeline, load_adapt_recipe
 
     out = tmp_path / "exp"
     for stage in ("corpus", "source", "adapt", "oracle", "report"):
@@ -158,7 +158,7 @@ def test_from_stage_removes_that_stage_on(adapt_quick, tmp_path):
 def test_a_team_adapts_its_own_model_on_unlabelled_data(adapt_quick, tmp_path):
     """The README workflow: a model folder, an unlabelled target folder, a labelled target
     test folder; no oracle without target labels, the gap goal then not measured."""
-    from cdino.recipe import run_recipe
+    from cdino.pipeline.run import run_recipe
 
     src, _, _ = adapt_quick
     target = tmp_path / "target_train"
@@ -194,7 +194,7 @@ bootstrap: 0
 ])
 def test_a_bad_config_key_is_named(tmp_path, text, key):
     from cdino.cli import main
-    from cdino.recipe import run_recipe
+    from cdino.pipeline.run import run_recipe
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -209,12 +209,12 @@ def test_builtin_adapt_recipe_and_the_readme_recipe_load(tmp_path):
     README's example recipe is a valid adaptation recipe, key for key."""
     import re
 
-    from cdino.adapt import AdaptPipeline, is_adapt_recipe, load_adapt_recipe
     from cdino.config import from_dict
-    from cdino.recipe import _merge
+    from cdino.pipeline.adapt import AdaptPipeline, load_adapt_recipe
+    from cdino.pipeline.recipe_source import merge_overrides, recipe_kind
     from cdino.train.trainer import TrainConfig
 
-    assert is_adapt_recipe("adapt") and is_adapt_recipe("adapt-quick") and not is_adapt_recipe("quick")
+    assert recipe_kind("adapt") == recipe_kind("adapt-quick") == "adapt" and recipe_kind("quick") == "pipeline"
     pipe = AdaptPipeline(load_adapt_recipe("adapt"), tmp_path / "exp")
     adapt, oracle = pipe.train_config("adapt"), pipe.train_config("oracle")
     assert pipe.rounds == 2 and oracle.trainer.epochs == pipe.rounds * adapt.trainer.epochs
@@ -228,4 +228,4 @@ def test_builtin_adapt_recipe_and_the_readme_recipe_load(tmp_path):
     recipe = load_adapt_recipe(tmp_path / "ours.yaml")
     assert recipe.source.model == "exp/source/model" and recipe.target.train == "DATA/calls_train"
     for stage in (recipe.adapt, recipe.oracle):
-        from_dict(TrainConfig, _merge(recipe.base, stage))
+        from_dict(TrainConfig, merge_overrides(recipe.base, stage))

@@ -92,7 +92,7 @@ def _subparsers():
 def test_every_argument_of_every_verb_has_help():
     import argparse
 
-    from cdino.recipe import STAGES
+    from cdino.pipeline.method import STAGES
 
     verbs = _subparsers()
     assert set(VERBS) <= set(verbs)

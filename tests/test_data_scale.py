@@ -13,9 +13,11 @@ import soundfile as sf
 import torch
 
 import cdino.data.loader as loader_mod
+import cdino.data.stores as stores_mod
 from cdino.config import load_config
 from cdino.data.kaldi_dir import DataDir, format_seconds
-from cdino.data.loader import FileStore, GlobalBatchSampler, MemoryStore, MultiCropDataset
+from cdino.data.loader import GlobalBatchSampler, MultiCropDataset
+from cdino.data.stores import FileStore, MemoryStore
 from cdino.data.shards import write_shards
 from cdino.methods.dino import DinoMethod
 from cdino.train import checkpoint as ckpt
@@ -65,8 +67,8 @@ def test_lengths_are_measured_once_cached_in_utt2dur_and_trusted(tiny_data, monk
     assert [round(cached.utt2dur[u] * 16000) for u in store.utts] == store.lengths.tolist()
 
     calls = []
-    real = loader_mod.probe_lengths
-    monkeypatch.setattr(loader_mod, "probe_lengths", lambda paths, **kw: calls.append(list(paths)) or real(paths, **kw))
+    real = stores_mod.probe_lengths
+    monkeypatch.setattr(stores_mod, "probe_lengths", lambda paths, **kw: calls.append(list(paths)) or real(paths, **kw))
     again = FileStore(DataDir.load(tiny_data), progress=False)
     assert calls == [] and again.lengths.tolist() == store.lengths.tolist()  # no header read
 

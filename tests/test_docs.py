@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cdino.cli import build_parser
-from cdino.recipe import load_recipe, stage_train_config
+from cdino.pipeline.method import load_recipe, stage_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "recipes" / "voxceleb" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

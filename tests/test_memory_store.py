@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from cdino.data.kaldi_dir import DataDir
-from cdino.data.loader import DataConfig, MemoryStore, open_store
+from cdino.data.stores import DataConfig, MemoryStore, open_store
 
 from conftest import write_speaker_dir
 

@@ -11,9 +11,10 @@ import soundfile as sf
 
 from cdino.data.audio import write_audio
 from cdino.data.kaldi_dir import DataDir, read_scp, write_data_dir
-from cdino.data.loader import DataConfig, open_store
-from cdino.data.shards import INDEX_NAME, ShardStore, build_shard_index, load_shard_index, \
-    read_shard_list, shard_key, utt_of_key, write_shards
+from cdino.data.stores import DataConfig, ShardStore, open_store
+from cdino.data.shard_index import INDEX_NAME, build_shard_index, load_shard_index, read_shard_list, shard_key, \
+    utt_of_key
+from cdino.data.shards import write_shards
 from cdino.errors import AudioError, DataError
 
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cdino import metrics, study
+from cdino import metrics
+from cdino.pipeline import study
 from cdino.errors import DataError
 
 N_TAR, N_NON = 300, 1200

@@ -144,7 +144,7 @@ def test_built_in_recipes_never_oversubscribe_the_cores():
     faster on one thread (bench/results/cpu_load*.json), which also fits one rank a core."""
     import yaml
 
-    from cdino.recipe import builtin_recipe
+    from cdino.pipeline.recipe_source import builtin_recipe
 
     demo = yaml.safe_load(builtin_recipe("demo").read_text())
     assert demo["base"]["trainer"].get("threads", 0) == 0

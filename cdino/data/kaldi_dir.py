@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cdino.atomic import save_npy, write_lines
+from cdino.data.shard_index import LIST_NAME as SHARD_LIST, ShardMembers, load_shard_index
+from cdino.data.text_lines import read_text_lines
 from cdino.errors import DataError
 
 #: Audio suffixes that :func:`utt_id_from_path` strips.
@@ -28,10 +30,6 @@ _TARGET_WORDS = {"target": 1, "nontarget": 0}
 _OFFICIAL_LABELS = {"1": 1, "0": 0}
 
 PathLike = str | os.PathLike
-
-#: The list of tar shards that marks a shard folder (``cdino prepare shards``).
-SHARD_LIST = "shards.list"
-
 
 def utt_id_from_path(rel: str) -> str:
     """Utterance id of a corpus-relative audio path: the path without its audio suffix.
@@ -43,29 +41,6 @@ def utt_id_from_path(rel: str) -> str:
         if lower.endswith(suffix):
             return rel[: -len(suffix)]
     return rel
-
-
-def read_text_lines(path: PathLike, what: str) -> list[str]:
-    """The lines of a UTF-8 text file; unreadable or binary → DataError naming the line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found" if path.name == what else
-                        f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a {what} file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (is this really a {what} file?)") from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise DataError(f"{path}:{line}: binary data (is this really a {what} file?)")
-    return text.splitlines()
 
 
 def _read_pairs(path: Path, what: str, key_name: str = "utterance id"
@@ -148,15 +123,13 @@ class DataDir:
 
         A folder of tar shards (``shards.list``, written by ``cdino prepare shards``), or
         that list itself, loads too: utterances and speakers come from its index
-        (:func:`cdino.data.shards.load_shard_dir`) and ``shards`` holds that index.
+        (:func:`load_shard_dir`, through :mod:`cdino.data.shard_index`) and ``shards`` holds that index.
         """
         given = Path(path)
         if given.name == SHARD_LIST and given.is_file():
             given = given.parent
         if (given.is_dir() and (given / SHARD_LIST).is_file()
                 and not (given / "wav.scp").exists()):
-            from cdino.data.shards import load_shard_dir
-
             return load_shard_dir(given)
         if not given.is_dir():
             what = "is not a folder" if given.exists() else "data folder not found"
@@ -554,3 +527,13 @@ def read_visual(data_dir: PathLike, *, known: set[str] | Mapping[str, object] | 
         row = int(bad[0])
         raise DataError(f"{npy}: row {row} (utterance '{utts[row]}') has NaN or infinite values")
     return utts, emb
+
+
+def load_shard_dir(folder: PathLike) -> DataDir:
+    """A shard folder as a :class:`DataDir`: utterances and speakers from its index,
+    ``wav`` naming ``<shard>:<utterance>``, ``shards`` the :class:`ShardIndex`."""
+    folder = Path(folder)
+    index = load_shard_index(folder / SHARD_LIST)
+    utt2spk = dict(zip(index.utts, index.spks)) if all(index.spks) else None
+    return DataDir(root=folder.resolve(), utts=index.utts, wav=ShardMembers(index),
+                   utt2spk=utt2spk, shards=index)

@@ -38,7 +38,7 @@ import numpy as np
 
 from cdino.atomic import write_text
 from cdino.errors import ModelFormatError
-from cdino.metrics import _check_trials, bayes_threshold
+from cdino.metrics import check_scores_and_labels, bayes_threshold
 
 #: Effective target prior of the fit unless told otherwise.
 DEFAULT_PRIOR = 0.5
@@ -113,7 +113,7 @@ def fit_calibration(scores, labels, prior: float = DEFAULT_PRIOR, source: str = 
 
     if not 0.0 < prior < 1.0:
         raise ValueError(f"prior must lie in (0, 1); got {prior}")
-    s, tar = _check_trials(scores, labels)
+    s, tar = check_scores_and_labels(scores, labels)
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite to fit a calibration")
     n_tar = int(tar.sum())

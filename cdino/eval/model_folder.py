@@ -143,6 +143,16 @@ def read_model_config(path: PathLike) -> ModelFolderConfig:
     return from_dict(ModelFolderConfig, data, where=str(cfg_path))
 
 
+def read_model_info(path: PathLike) -> dict[str, Any]:
+    """The free ``info`` notes of a model folder (steps, history, method ...), or ``{}``
+    when the folder or its config cannot be read: notes are for reports, never required."""
+    try:
+        cfg = yaml.safe_load((Path(path) / CONFIG_FILE).read_text())
+        return dict(cfg.get("info") or {})
+    except Exception:
+        return {}
+
+
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -24,7 +24,8 @@ DET_TICKS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 DET_POINTS = 2000
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically."""
     path = Path(path)
     FigureCanvasAgg(fig)
     with replacing(path) as tmp:
@@ -95,7 +96,7 @@ def plot_det(systems: dict[str, tuple[np.ndarray, np.ndarray]], path: str | os.P
     if systems:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
@@ -120,7 +121,7 @@ def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, path: str | os.
         ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_eer_by_stage(names: Sequence[str], eers: Sequence[float], path: str | os.PathLike,
@@ -155,4 +156,4 @@ def plot_eer_by_stage(names: Sequence[str], eers: Sequence[float], path: str | o
     ax.set_ylim(0, top * 1.15)
     ax.grid(True, axis="y", lw=0.5, color="0.85")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

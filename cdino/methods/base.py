@@ -56,7 +56,7 @@ class MethodContext:
     device: torch.device
     rank: int
     world_size: int
-    store: Any  # cdino.data.loader.WaveStore
+    store: Any  # cdino.data.stores.WaveStore
     data: Any  # cdino.data.kaldi_dir.DataDir
     out_dir: Path
     frontend: FeatureFrontend

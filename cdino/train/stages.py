@@ -124,7 +124,7 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
 
 def untrained_model(cfg, train_dir: str | Path, out: str | Path) -> Path:
     """A model folder holding a randomly initialised encoder (seeded), exported as usual."""
-    from cdino.data.loader import open_store
+    from cdino.data.stores import open_store
     from cdino.models.registry import build_encoder
 
     out = Path(out)
@@ -192,7 +192,7 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
                  correction=replace(cfg.pseudo.correction, enabled=False), modality="audio")
     cfg = replace(cfg, pseudo=pc)
     t0 = time.perf_counter()
-    from cdino.data.loader import open_store
+    from cdino.data.stores import open_store
 
     init_distributed(resolve_device(cfg.trainer.device))  # before the store: rank 0 measures missing lengths
     store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress) and is_main())
@@ -216,6 +216,21 @@ def load_visual_for(store_utts: list[str], cfg: TrainConfig, data: DataDir):
     return align_visual(store_utts, vis_utts, vis)
 
 
+def round_diagnostics(summary: dict) -> dict:
+    """What a report shows of one round's summary (:func:`train_pseudo_rounds`): the
+    clustering's NMI / purity against true labels (diagnostics only) and cluster count,
+    and the per-epoch gate and correction log under ``gate``."""
+    out = {}
+    cl = summary.get("clustering", {})
+    for k in ("nmi", "purity", "nmi_audio_only", "n_clusters"):
+        if k in cl:
+            out[k] = cl[k]
+    epochs = summary.get("epochs") or []
+    if epochs:
+        out["gate"] = epochs
+    return out
+
+
 def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path, out: str | Path,
                         resume: bool = False, on_round=None) -> list[dict]:
     """Stage 2: R rounds of extract → cluster → AAM + DLG-LC training.
@@ -223,7 +238,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     ``on_round(r, model_dir, summary)`` is called after each round (e.g. to evaluate on
     test trials — for reporting only). Returns one summary dict per round.
     """
-    from cdino.data.loader import open_store
+    from cdino.data.stores import open_store
     from cdino.eval.model_folder import read_model_folder
 
     out = Path(out)

@@ -35,7 +35,8 @@ from cdino.allocator import keep_freed_memory
 from cdino.console import progress_enabled
 from cdino.config import save_config, to_dict
 from cdino.data.kaldi_dir import DataDir
-from cdino.data.loader import BatchFeed, DataConfig, GlobalBatchSampler, open_store
+from cdino.data.loader import BatchFeed, GlobalBatchSampler
+from cdino.data.stores import DataConfig, open_store
 from cdino.errors import CdinoError, ConfigError, TrainingError
 from cdino.frontend.augment import AugmentBanks, AugmentConfig
 from cdino.frontend.fbank import FbankConfig

@@ -424,7 +424,7 @@ def plot_study(summary: dict, path: Path) -> Path:
     """EER (%) of every arm: one point per seed (marker per seed) and the mean as a bar."""
     from matplotlib.figure import Figure
 
-    from cdino.eval.plots import _save
+    from cdino.eval.plots import save_figure
 
     names = list(summary["arms"])
     fig = Figure(figsize=(max(5.0, 0.75 * len(names) + 2), 4.2))
@@ -452,7 +452,7 @@ def plot_study(summary: dict, path: Path) -> Path:
     ax.grid(True, axis="y", lw=0.5, color="0.85")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_study(study_dir: Path, seeds: list[int], summary: dict, out_json: Path, out_md: Path) -> None:

@@ -1,4 +1,5 @@
-"""A recipe: the whole pipeline, stages in order, each skipped when its outputs exist.
+"""The method's pipeline: the whole method on one corpus, stages in order, each skipped
+when its outputs exist.
 
     corpus      simulated corpus (or the data folders a recipe names)
     baselines   untrained encoder, mean/std fbank cosine
@@ -23,17 +24,16 @@ from that stage on; a killed stage resumes from its checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from cdino.atomic import copy_folder, write_text
+from cdino.atomic import copy_folder
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
+from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
+from cdino.pipeline.staged_run import StagedRun
 
 STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised",
           "report"]
@@ -68,6 +68,7 @@ class RecipeConfig:
     """A pipeline: stage configs are overrides of the training defaults (cdino.train.trainer.TrainConfig)."""
 
     name: str = "custom"  # shown in the report
+    kind: str = "pipeline"  # the recipe form (cdino.pipeline.recipe_source.KINDS); "adapt" recipes are read by cdino.pipeline.adapt
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     data: DataSpec = field(default_factory=DataSpec)
     base: dict = field(default_factory=dict)  # overrides shared by every stage
@@ -85,20 +86,13 @@ class RecipeConfig:
     bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
     validation: float = 0.0  # hold out this fraction of the training utterances from every stage and report each stage's label-free validation EER on them (cdino.eval.validation); 0: none
 
-
-def builtin_recipe(name: str) -> Path:
-    path = Path(__file__).parent / "recipes" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no built-in recipe '{name}' (have: "
-                          f"{', '.join(p.stem for p in path.parent.glob('*.yaml'))})")
-    return path
+    def validate(self) -> None:
+        if self.kind != "pipeline":
+            raise ConfigError(f"kind: the method's pipeline reads recipes of kind 'pipeline', got '{self.kind}'")
 
 
 def load_recipe(source: str | Path, overrides=()) -> RecipeConfig:
-    path = Path(source)
-    if not path.is_file() and not str(source).endswith((".yaml", ".yml")):
-        path = builtin_recipe(str(source))
-    return load_config(RecipeConfig, path, overrides=list(overrides))
+    return load_config(RecipeConfig, resolve_recipe(source), overrides=list(overrides))
 
 
 def stage_overrides(recipe: RecipeConfig, stage: str) -> dict:
@@ -111,82 +105,10 @@ def stage_overrides(recipe: RecipeConfig, stage: str) -> dict:
         parts.append(recipe.mm)
     if stage in ("dino", "cdino", "supervised"):
         parts.append(getattr(recipe, stage))
-    return _merge(*parts)
+    return merge_overrides(*parts)
 
 
-def _merge(*dicts: dict) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in (d or {}).items():
-            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-class StagedRun:
-    """Stages in order into ``out``, each marked done by ``out/<stage>/done.json`` (written
-    atomically, last) and skipped on rerun; the recipe pipelines (:class:`Pipeline`,
-    :class:`cdino.adapt.AdaptPipeline`) fill in ``stage_<name>`` methods."""
-
-    stages: list[str] = []  # in order; the last one (the report) always runs
-    trained: tuple[str, ...] = ()  # stages whose folders are removed by --from (they retrain)
-
-    def __init__(self, recipe, out: Path) -> None:
-        self.r = recipe
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        if os.environ.get("RANK", "0") == "0":  # before the process group exists: one writer
-            write_text(self.out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
-
-    def done(self, stage: str) -> bool:
-        return (self.out / stage / "done.json").is_file()
-
-    def mark(self, stage: str, info: dict) -> None:
-        write_text(self.out / stage / "done.json", json.dumps(info, indent=1, default=float))
-
-    def stage_info(self, stage: str) -> dict:
-        path = self.out / stage / "done.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def reset_from(self, stage: str) -> None:
-        if stage not in self.stages:
-            raise ConfigError(f"--from: unknown stage '{stage}' (stages: {', '.join(self.stages)})")
-        # Markers go, and training outputs of redone stages too, so they retrain from scratch.
-        for s in self.stages[self.stages.index(stage):]:
-            (self.out / s / "done.json").unlink(missing_ok=True)
-            if s in self.trained:
-                shutil.rmtree(self.out / s, ignore_errors=True)
-
-    def skip(self, stage: str) -> bool:
-        """A stage this recipe does not run at all."""
-        return False
-
-    def run_stages(self) -> None:
-        """Every stage not done, in order, on every rank (``corpus`` and the last stage, the
-        report, on rank 0 only); each marked done by rank 0 when it ends."""
-        from cdino.distributed import barrier, is_main
-
-        last = self.stages[-1]
-        for stage in self.stages:
-            if self.skip(stage):
-                continue
-            if self.done(stage) and stage != last:
-                if is_main():
-                    print(f"[{stage}] done, skipped", flush=True)
-                continue
-            if is_main():
-                print(f"[{stage}] running", flush=True)
-            t0 = time.perf_counter()
-            if stage in ("corpus", last) and not is_main():
-                info = {}
-            else:
-                info = getattr(self, f"stage_{stage}")() or {}
-            info.setdefault("seconds", time.perf_counter() - t0)
-            if is_main():
-                self.mark(stage, info)
-            barrier()
-
-
-class Pipeline(StagedRun):
+class MethodPipeline(StagedRun):
     """Runs a recipe into ``out``; see the module docstring."""
 
     stages = STAGES
@@ -201,7 +123,7 @@ class Pipeline(StagedRun):
     def train_config(self, stage: str, extra: dict | None = None):
         from cdino.train.trainer import TrainConfig
 
-        return from_dict(TrainConfig, _merge(stage_overrides(self.r, stage), extra or {}),
+        return from_dict(TrainConfig, merge_overrides(stage_overrides(self.r, stage), extra or {}),
                          where=f"recipe stage '{stage}'")
 
     def _check_final(self) -> None:
@@ -278,7 +200,7 @@ class Pipeline(StagedRun):
         """The pipeline once per training seed on one corpus, then the study report."""
         from dataclasses import replace
 
-        from cdino.study import print_study, summarize, write_study
+        from cdino.pipeline.study import print_study, summarize, write_study
         from cdino.distributed import barrier, is_main
 
         if from_stage == "corpus" and is_main():
@@ -298,8 +220,8 @@ class Pipeline(StagedRun):
             if is_main():
                 print(f"[seed {seed}] running the pipeline into {self.out / f'seed{seed}'}", flush=True)
             child = replace(self.r, seeds=[], name=f"{self.r.name}, seed {seed}", data=data, validation=0.0,
-                            base=_merge(self.r.base, {"trainer": {"seed": int(seed)}}))
-            Pipeline(child, self.out / f"seed{seed}").run(None if from_stage == "corpus" else from_stage)
+                            base=merge_overrides(self.r.base, {"trainer": {"seed": int(seed)}}))
+            MethodPipeline(child, self.out / f"seed{seed}").run(None if from_stage == "corpus" else from_stage)
         if not is_main():
             return {}
         summary = summarize(self.out, list(self.r.seeds), n_boot=self.r.bootstrap)
@@ -414,6 +336,7 @@ class Pipeline(StagedRun):
 
     def _train_stage1(self, method: str, extra: dict | None = None, config_stage: str | None = None,
                       out: Path | None = None, name: str | None = None) -> dict:
+        from cdino.eval.model_folder import read_model_info
         from cdino.train.stages import model_complete, train_dino
 
         cfg = self.train_config(config_stage or method, extra)
@@ -424,7 +347,7 @@ class Pipeline(StagedRun):
             train_dino(cfg, self.train_dir, out, method=method, resume=resume)
         res = self.evaluate(out / "model", name or method)
         res["seconds"] = time.perf_counter() - t0
-        res["history"] = _read_history(out / "model")
+        res["history"] = read_model_info(out / "model").get("history", [])
         return res
 
     def stage_dino(self) -> dict:
@@ -435,7 +358,7 @@ class Pipeline(StagedRun):
 
     def _rounds(self, stage: str, extra: dict | None = None, out: Path | None = None,
                 prefix: str | None = None) -> dict:
-        from cdino.train.stages import train_pseudo_rounds
+        from cdino.train.stages import round_diagnostics, train_pseudo_rounds
 
         cfg = self.train_config("mm" if stage == "mm" else "pseudo", extra)
         out = out or self.out / stage
@@ -444,7 +367,7 @@ class Pipeline(StagedRun):
 
         def on_round(r, model_dir, summary):
             results[f"{prefix}_r{r}"] = {**self.evaluate(model_dir, f"{prefix}_r{r}"),
-                                         "seconds": summary["seconds"], **_round_diag(summary)}
+                                         "seconds": summary["seconds"], **round_diagnostics(summary)}
 
         summaries = train_pseudo_rounds(cfg, self.train_dir, self.out / "cdino" / "model", out,
                                         resume=True, on_round=on_round)
@@ -452,7 +375,7 @@ class Pipeline(StagedRun):
             name = f"{prefix}_r{s['round']}"
             if name not in results:
                 results[name] = {**self.evaluate(out / f"round{s['round']}" / "model", name),
-                                 "seconds": s["seconds"], **_round_diag(s)}
+                                 "seconds": s["seconds"], **round_diagnostics(s)}
         return {"rounds": results}
 
     def stage_pseudo(self) -> dict:
@@ -478,8 +401,8 @@ class Pipeline(StagedRun):
                     raise ConfigError(f"recipe key 'ablations.{name}': needs corpus.weak_visual_noise "
                                       f"(no {self.weak_visual_dir / 'train'})")
                 arm = {"rounds": 1, "modality": "audio_visual", "visual": str(self.weak_visual_dir / "train")}
-                over = _merge(self.r.mm, over)
-            got = self._rounds("ablations", _merge({"pseudo": arm}, over), out=self.out / "ablations" / name,
+                over = merge_overrides(self.r.mm, over)
+            got = self._rounds("ablations", merge_overrides({"pseudo": arm}, over), out=self.out / "ablations" / name,
                                prefix=name)
             res[name] = got["rounds"][f"{name}_r1"]
         return res
@@ -488,6 +411,7 @@ class Pipeline(StagedRun):
         """Equal-cost controls: ``dino_equal`` trains DINO on for C-DINO's epochs with
         C-DINO's schedule (only the cluster-aware positives differ); ``supervised_full``
         trains the supervised reference for as many steps as DINO + C-DINO + every round."""
+        from cdino.eval.model_folder import read_model_info
         from cdino.train.stages import model_complete, train_supervised
 
         res = {}
@@ -496,21 +420,22 @@ class Pipeline(StagedRun):
                 raise ConfigError(f"recipe key 'controls.{name}': unknown control (known: {', '.join(CONTROLS)})")
             out = self.out / "controls" / name
             if name == "dino_equal":
-                res[name] = self._train_stage1("dino", _merge({"dino": {"init": str(self.out / "dino")}}, over or {}),
+                res[name] = self._train_stage1("dino", merge_overrides({"dino": {"init": str(self.out / "dino")}}, over or {}),
                                                config_stage="cdino", out=out, name=name)
-                res[name]["steps"] = _read_info(out / "model").get("steps")
+                res[name]["steps"] = read_model_info(out / "model").get("steps")
                 continue
             epochs = (self.train_config("dino").trainer.epochs + self.train_config("cdino").trainer.epochs
                       + self.rounds * self.train_config("pseudo").trainer.epochs)
-            cfg = self.train_config("supervised", _merge({"trainer": {"epochs": epochs}}, over or {}))
+            cfg = self.train_config("supervised", merge_overrides({"trainer": {"epochs": epochs}}, over or {}))
             t0 = time.perf_counter()
             if not model_complete(out / "model"):
                 train_supervised(cfg, self.train_dir, out, resume=(out / "checkpoints").is_dir())
             res[name] = {**self.evaluate(out / "model", name), "seconds": time.perf_counter() - t0,
-                         "steps": _read_info(out / "model").get("steps"), "epochs": epochs}
+                         "steps": read_model_info(out / "model").get("steps"), "epochs": epochs}
         return res
 
     def stage_supervised(self) -> dict:
+        from cdino.eval.model_folder import read_model_info
         from cdino.train.stages import model_complete, train_supervised
 
         cfg = self.train_config("supervised")
@@ -520,11 +445,11 @@ class Pipeline(StagedRun):
             train_supervised(cfg, self.train_dir, out, resume=(out / "checkpoints").is_dir())
         res = self.evaluate(out / "model", "supervised")
         res["seconds"] = time.perf_counter() - t0
-        res["steps"] = _read_info(out / "model").get("steps")
+        res["steps"] = read_model_info(out / "model").get("steps")
         return res
 
     def stage_report(self) -> dict:
-        from cdino.report import write_report
+        from cdino.pipeline.report import write_report
 
         self.report_started = time.perf_counter()
         final = self.resolve_final()
@@ -538,30 +463,6 @@ class Pipeline(StagedRun):
         stage, r = name.rsplit("_r", 1)
         return self.out / stage / f"round{r}" / "model"
 
-
-
-def _read_info(model_dir: Path) -> dict:
-    try:
-        cfg = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
-        return cfg.get("info", {}) or {}
-    except Exception:
-        return {}
-
-
-def _read_history(model_dir: Path) -> list:
-    return _read_info(model_dir).get("history", [])
-
-
-def _round_diag(summary: dict) -> dict:
-    out = {}
-    cl = summary.get("clustering", {})
-    for k in ("nmi", "purity", "nmi_audio_only", "n_clusters"):
-        if k in cl:
-            out[k] = cl[k]
-    epochs = summary.get("epochs") or []
-    if epochs:
-        out["gate"] = epochs
-    return out
 
 
 TRAIN_STAGES = {"dino": "dino", "cdino": "cdino", "pseudo": "pseudo", "mm": "pseudo", "supervised": "supervised"}
@@ -578,21 +479,7 @@ def stage_train_config(source, stage: str, overrides=(), extra: dict | None = No
     from cdino.train.trainer import TrainConfig
 
     modality = {"mm": "audio_visual", "pseudo": "audio"}.get(stage)
-    merged = _merge(stage_overrides(load_recipe(source), stage),
+    merged = merge_overrides(stage_overrides(load_recipe(source), stage),
                     {"pseudo": {"modality": modality}} if modality else {}, extra or {})
     merged = apply_overrides(merged, list(overrides))
     return from_dict(TrainConfig, merged, where=f"recipe {source} stage '{stage}'"), TRAIN_STAGES[stage]
-
-
-def run_recipe(source, out: Path, from_stage: str | None = None, overrides=()) -> dict:
-    from cdino.adapt import is_adapt_recipe, run_adapt  # `kind: adapt`: the adaptation pipeline
-
-    if is_adapt_recipe(source):
-        return run_adapt(source, out, from_stage, overrides)
-    recipe = load_recipe(source, overrides)
-    return Pipeline(recipe, out).run(from_stage)
-
-
-def run_demo(out: Path, quick: bool = False, from_stage: str | None = None) -> dict:
-    """`cdino demo`: the built-in recipe on the simulated corpus (generated on first use)."""
-    return run_recipe(builtin_recipe("quick" if quick else "demo"), out, from_stage)

@@ -22,7 +22,7 @@ Stages are skipped when their ``EXP/<stage>/done.json`` exists (written last,
 atomically); ``--from STAGE`` redoes from a stage on; a killed training stage resumes
 from its checkpoints. Under ``torchrun`` every rank runs every stage together (training,
 embedding for clustering and for evaluation are split over the ranks); generating the
-corpus, k-means, scoring and the report are rank 0's, as in :mod:`cdino.recipe`.
+corpus, k-means, scoring and the report are rank 0's, as in :mod:`cdino.pipeline.method`.
 
 Not built: joint training in which the labelled source data joins each round with its
 true labels (a separate classifier head per source), the other usual form of
@@ -32,18 +32,16 @@ unsupervised domain adaptation; the rounds here see target audio only.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cdino.atomic import copy_folder, write_text
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
-from cdino.recipe import StagedRun, _merge, _read_info, _round_diag, builtin_recipe
+from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
+from cdino.pipeline.staged_run import StagedRun
 
 ADAPT_STAGES = ["corpus", "source", "adapt", "oracle", "report"]
 TRAIN_STAGES = ("source", "adapt", "oracle")
@@ -117,26 +115,9 @@ class AdaptRecipeConfig:
             raise ConfigError(f"bootstrap: must be >= 0, got {self.bootstrap}")
 
 
-def _resolve(source: str | Path) -> Path:
-    path = Path(source)
-    if not path.is_file() and not str(source).endswith((".yaml", ".yml")):
-        path = builtin_recipe(str(source))
-    return path
-
-
-def is_adapt_recipe(source: str | Path) -> bool:
-    """Whether ``source`` (a YAML file or a built-in name) is an adaptation recipe: its
-    top-level ``kind`` is ``adapt``. Anything unreadable is left to the caller's loader."""
-    try:
-        data = yaml.safe_load(_resolve(source).read_text())
-    except (ConfigError, OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and data.get("kind") == "adapt"
-
-
 def load_adapt_recipe(source: str | Path, overrides=()) -> AdaptRecipeConfig:
     """Read an adaptation recipe strictly: an unknown key raises ConfigError naming it."""
-    return load_config(AdaptRecipeConfig, _resolve(source), overrides=list(overrides))
+    return load_config(AdaptRecipeConfig, resolve_recipe(source), overrides=list(overrides))
 
 
 class AdaptPipeline(StagedRun):
@@ -179,15 +160,15 @@ class AdaptPipeline(StagedRun):
 
         where = f"adaptation recipe stage '{stage}'"
         if stage == "source":
-            return from_dict(TrainConfig, _merge(self.r.base, self.r.supervised), where=where)
-        adapt = from_dict(TrainConfig, _merge(self.r.base, self.r.adapt, self._architecture()),
+            return from_dict(TrainConfig, merge_overrides(self.r.base, self.r.supervised), where=where)
+        adapt = from_dict(TrainConfig, merge_overrides(self.r.base, self.r.adapt, self._architecture()),
                           where="adaptation recipe stage 'adapt'")
         if stage == "adapt":
             return adapt
         budget = {"trainer": {"epochs": adapt.pseudo.rounds * adapt.trainer.epochs + adapt.pseudo.large_margin_epochs,
                               "steps_per_epoch": adapt.trainer.steps_per_epoch,
                               "global_batch": adapt.trainer.global_batch}}
-        return from_dict(TrainConfig, _merge(self.r.base, self.r.oracle, self._architecture(), budget), where=where)
+        return from_dict(TrainConfig, merge_overrides(self.r.base, self.r.oracle, self._architecture(), budget), where=where)
 
     # ------------------------------------------------------------------ data
     def _corpus_dir(self, side: str) -> Path:
@@ -284,6 +265,7 @@ class AdaptPipeline(StagedRun):
         return info
 
     def stage_source(self) -> dict:
+        from cdino.eval.model_folder import read_model_info
         from cdino.train.stages import model_complete, train_supervised
 
         t0 = time.perf_counter()
@@ -295,7 +277,7 @@ class AdaptPipeline(StagedRun):
                 train_supervised(self.train_config("source"), self.source_data()[0], out,
                                  resume=(out / "checkpoints").is_dir())
             info = {"model": str(out / "model"), "trained": True,
-                    "steps": _read_info(out / "model").get("steps")}
+                    "steps": read_model_info(out / "model").get("steps")}
         info["target"] = self._on_target(self.source_model_dir, "source")
         info["source_domain"] = self._on_source(self.source_model_dir, "before")
         info["seconds"] = time.perf_counter() - t0
@@ -303,14 +285,14 @@ class AdaptPipeline(StagedRun):
 
     def stage_adapt(self) -> dict:
         from cdino.train.checkpoint import list_checkpoints
-        from cdino.train.stages import train_pseudo_rounds
+        from cdino.train.stages import round_diagnostics, train_pseudo_rounds
 
         out = self.out / "adapt"
         rounds: dict = {}
 
         def on_round(r, model_dir, summary):
             rounds[f"adapt_r{r}"] = {**self._on_target(model_dir, f"adapt_r{r}"),
-                                     "seconds": summary["seconds"], **_round_diag(summary)}
+                                     "seconds": summary["seconds"], **round_diagnostics(summary)}
 
         t0 = time.perf_counter()
         summaries = train_pseudo_rounds(self.train_config("adapt"), self.target_data()[0], self.source_model_dir,
@@ -319,7 +301,7 @@ class AdaptPipeline(StagedRun):
             name = f"adapt_r{s['round']}"
             if name not in rounds:
                 rounds[name] = {**self._on_target(out / f"round{s['round']}" / "model", name),
-                                "seconds": s["seconds"], **_round_diag(s)}
+                                "seconds": s["seconds"], **round_diagnostics(s)}
         steps = sum(max((st for st, _ in list_checkpoints(out / f"round{r}" / "checkpoints")), default=0)
                     for r in range(1, self.rounds + 1))
         return {"rounds": rounds, "steps": steps, "model": str(self.adapted_model_dir),
@@ -329,6 +311,7 @@ class AdaptPipeline(StagedRun):
 
     def stage_oracle(self) -> dict:
         from cdino.distributed import is_main
+        from cdino.eval.model_folder import read_model_info
         from cdino.train.stages import model_complete, train_supervised
 
         if not self.r.run_oracle:
@@ -342,15 +325,17 @@ class AdaptPipeline(StagedRun):
         if not model_complete(out / "model"):
             train_supervised(self.train_config("oracle"), self.target_data()[0], out,
                              resume=(out / "checkpoints").is_dir())
-        return {"model": str(out / "model"), "steps": _read_info(out / "model").get("steps"),
+        return {"model": str(out / "model"), "steps": read_model_info(out / "model").get("steps"),
                 "target": self._on_target(out / "model", "oracle"), "seconds": time.perf_counter() - t0}
 
     def stage_report(self) -> dict:
+        from cdino.pipeline.adapt_report import adapt_report_md, collect_adapt_results, print_adapt_summary
+
         results = collect_adapt_results(self)
         write_text(self.out / "results.json", json.dumps(results, indent=1, default=float) + "\n")
         write_text(self.out / "report.md", adapt_report_md(results))
         copy_folder(self.adapted_model_dir, self.out / "model")
-        _print_summary(results, self.out)
+        print_adapt_summary(results, self.out)
         return {"results": str(self.out / "results.json")}
 
 
@@ -369,177 +354,3 @@ def _synthesize(spec: SimulatedCorpus, side: str, target: Path) -> dict:
     cfg = _synth_config(spec, side)
     shutil.rmtree(target, ignore_errors=True)
     return synthesize(target, cfg, progress=True)
-
-
-# ---------------------------------------------------------------------- results
-
-METRICS = ("eer", "mindcf_0.01", "mindcf_0.05", "cllr", "min_cllr", "n_trials")
-
-
-def _entry(res: dict | None, scores_path: Path, labels, n_boot: int) -> dict | None:
-    """The reported metrics of one evaluation, with a bootstrap 95 % EER interval from the
-    scores it wrote (``labels``: its trials' target flags)."""
-    if not res or "eer" not in res:
-        return None
-    entry = {k: res[k] for k in METRICS if res.get(k) is not None}
-    if n_boot > 0 and labels is not None and scores_path.is_file():
-        import numpy as np
-
-        from cdino.metrics import bootstrap_eer
-
-        scores = np.array([float(line.split()[2]) for line in scores_path.read_text().splitlines() if line.strip()])
-        if len(scores) == len(labels):
-            lo, hi = bootstrap_eer(scores, labels, n_boot=n_boot, seed=0)
-            entry["eer_ci95"] = [float(lo), float(hi)]
-    return entry
-
-
-def _trial_labels(path: Path | None):
-    import numpy as np
-
-    from cdino.data.kaldi_dir import read_trials
-
-    return None if path is None or not Path(path).is_file() else np.asarray(read_trials(path).labels)
-
-
-def _goals(res: dict, goals: AdaptGoals) -> dict:
-    tgt, src = res["target"], res["source_domain"]
-    out = {}
-    a, b, c = (tgt[k]["eer"] if tgt.get(k) else None for k in ("source", "adapted", "oracle"))
-    gap = {"target": goals.gap_closed, "value": None, "status": "not measured"}
-    if None in (a, b, c):
-        gap["why"] = "no oracle (no target labels, or run_oracle false)" if c is None else "missing evaluation"
-    elif a - c <= 0:
-        gap["why"] = f"no gap: the oracle ({100 * c:.2f} %) is not better than the source model ({100 * a:.2f} %)"
-    else:
-        gap["value"] = (a - b) / (a - c)
-        gap["status"] = "met" if gap["value"] >= goals.gap_closed else "missed"
-    out["gap_closed"] = gap
-    before, after = (src[k]["eer"] if src.get(k) else None for k in ("before", "after"))
-    loss = {"target": goals.max_source_loss, "value": None, "status": "not measured"}
-    if None in (before, after):
-        loss["why"] = "no source test trials"
-    else:
-        loss["value"] = (after - before) / before if before > 0 else (0.0 if after <= 0 else math.inf)
-        loss["status"] = "met" if loss["value"] <= goals.max_source_loss else "missed"
-    out["source_forgetting"] = loss
-    return out
-
-
-def collect_adapt_results(pipe: AdaptPipeline) -> dict:
-    """results.json of an adaptation run: ``adapt.target.{source,adapted,oracle}`` and
-    ``adapt.source_domain.{before,after}`` (EER and minDCF as fractions), the rounds,
-    step counts, goals and seconds."""
-    _, s_test, s_trials = pipe.source_data()
-    _, t_test, t_trials = pipe.target_data()
-    labels = {"target": _trial_labels(t_trials), "source_domain": _trial_labels(s_trials)}
-
-    def entry(info: dict, name: str) -> dict | None:
-        side = name.split("/")[0]
-        return _entry(info.get(side), pipe.out / "eval" / name / "scores.txt", labels[side], pipe.r.bootstrap)
-
-    src, ada, ora = pipe.stage_info("source"), pipe.stage_info("adapt"), pipe.stage_info("oracle")
-    last = f"adapt_r{pipe.rounds}"
-    res = {
-        "target": {"source": entry(src, "target/source"), "adapted": entry(ada, f"target/{last}"),
-                   "oracle": entry(ora, "target/oracle")},
-        "source_domain": {"before": entry(src, "source_domain/before"), "after": entry(ada, "source_domain/after")},
-    }
-    seconds = {s: pipe.stage_info(s).get("seconds") for s in ADAPT_STAGES[:-1]}
-    seconds["total"] = sum(v for v in seconds.values() if v)
-    rounds = {}
-    for name, r in (ada.get("rounds") or {}).items():
-        keep = {k: r[k] for k in ("eer", "mindcf_0.01", "mindcf_0.05", "nmi", "purity", "n_clusters", "seconds")
-                if r.get(k) is not None}
-        rounds[name] = keep
-    return {
-        "name": pipe.r.name,
-        "kind": "adapt",
-        "scoring": "cosine, train-mean subtracted (each model's own training mean)",
-        "data": {"source": {"model": str(pipe.source_model_dir), "test": _str(s_test), "trials": _str(s_trials)},
-                 "target": {"train": str(pipe.target_data()[0]), "test": str(t_test), "trials": str(t_trials)}},
-        "adapt": res,
-        "rounds": rounds,
-        "steps": {"source": src.get("steps"), "adapt": ada.get("steps"), "oracle": ora.get("steps")},
-        "oracle": ora.get("skipped", "trained on the target's true labels, as many steps as the adaptation"),
-        "goals": _goals(res, pipe.r.goals),
-        "final": last,
-        "seconds": seconds,
-    }
-
-
-def _str(p) -> str | None:
-    return None if p is None else str(p)
-
-
-def _pct(entry: dict | None, key: str = "eer") -> str:
-    if not entry or entry.get(key) is None:
-        return "–"
-    if key != "eer":
-        return f"{entry[key]:.3f}"
-    ci = entry.get("eer_ci95")
-    return f"{100 * entry['eer']:.2f}" + (f" ({100 * ci[0]:.2f}–{100 * ci[1]:.2f})" if ci else "")
-
-
-def _goal_lines(goals: dict) -> list[str]:
-    g, f = goals["gap_closed"], goals["source_forgetting"]
-    lines = []
-    text = (f"{g['value']:.2f} of the gap closed" if g["value"] is not None else g.get("why", ""))
-    lines.append(f"adapted model closes ≥ {g['target']:.2f} of the source → oracle gap on the target: "
-                 f"**{g['status']}** ({text})")
-    text = (f"{100 * f['value']:+.1f} % relative source-domain EER" if f["value"] is not None
-            else f.get("why", ""))
-    lines.append(f"adapted model loses ≤ {100 * f['target']:.0f} % relative on the source domain: "
-                 f"**{f['status']}** ({text})")
-    return lines
-
-
-def adapt_report_md(results: dict) -> str:
-    a, steps = results["adapt"], results["steps"]
-    t, s = a["target"], a["source_domain"]
-    oracle_steps = f", {steps['oracle']} steps" if steps.get("oracle") else ""
-    rows = [("(a) source model", t["source"], s["before"]),
-            (f"(b) adapted ({len(results['rounds'])} DLG-LC rounds, {steps.get('adapt')} steps)", t["adapted"], s["after"]),
-            (f"(c) oracle (target labels{oracle_steps})", t["oracle"], None)]
-    out = [f"# Domain adaptation: {results['name']}", "",
-           "Target-domain trials score the models on the domain adapted to; source-domain trials show "
-           "what the adaptation forgets. EER in % (95 % bootstrap interval over trials), minDCF absolute. "
-           "The adaptation used no target labels.", "",
-           "| model | target EER % | target minDCF 0.01 | target minDCF 0.05 | source-domain EER % | source-domain minDCF 0.01 |",
-           "|---|---|---|---|---|---|"]
-    for name, tgt, src in rows:
-        out.append(f"| {name} | {_pct(tgt)} | {_pct(tgt, 'mindcf_0.01')} | {_pct(tgt, 'mindcf_0.05')} | "
-                   f"{_pct(src)} | {_pct(src, 'mindcf_0.01')} |")
-    out += ["", "## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])]
-    if results["rounds"]:
-        out += ["", "## Rounds (target test trials; clustering scored against the target labels, diagnostics only)", "",
-                "| round | EER % | minDCF 0.01 | NMI | purity | seconds |", "|---|---|---|---|---|---|"]
-        for name, r in results["rounds"].items():
-            nmi = f"{r['nmi']:.3f}" if "nmi" in r else "–"
-            pur = f"{r['purity']:.3f}" if "purity" in r else "–"
-            out.append(f"| {name} | {_pct(r)} | {_pct(r, 'mindcf_0.01')} | {nmi} | {pur} | {r.get('seconds', 0):.0f} |")
-    d = results["data"]
-    out += ["", "## Data", "",
-            f"- source model: `{d['source']['model']}`; source test trials: `{d['source']['trials']}`",
-            f"- target training audio (unlabelled): `{d['target']['train']}`; target trials: `{d['target']['trials']}`",
-            f"- oracle: {results['oracle']}",
-            f"- total {results['seconds']['total']:.0f} s (" + ", ".join(
-                f"{k} {v:.0f} s" for k, v in results["seconds"].items() if k != "total" and v) + ")",
-            "", "Not built: joint rounds with the labelled source data (a separate classifier head per source).", ""]
-    return "\n".join(out)
-
-
-def _print_summary(results: dict, out: Path) -> None:
-    a = results["adapt"]
-    for label, entry in (("target  source model", a["target"]["source"]), ("target  adapted", a["target"]["adapted"]),
-                         ("target  oracle", a["target"]["oracle"]), ("source  before", a["source_domain"]["before"]),
-                         ("source  after", a["source_domain"]["after"])):
-        print(f"{label:<22} EER {_pct(entry)} %")
-    for line in _goal_lines(results["goals"]):
-        print("goal " + line.replace("**", ""))
-    print(f"adaptation finished: {results['seconds']['total']:.0f} s in all; see {out / 'report.md'}")
-
-
-def run_adapt(source: str | Path, out: Path, from_stage: str | None = None, overrides=()) -> dict:
-    """``cdino run ADAPT_RECIPE --out EXP``: load the recipe strictly and run it."""
-    return AdaptPipeline(load_adapt_recipe(source, overrides), Path(out)).run(from_stage)
