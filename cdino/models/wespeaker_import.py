@@ -107,7 +107,7 @@ def read_wespeaker(folder: str | os.PathLike) -> WeSpeakerModel:
     layout = _layout(state, ckpt_path)
     if name not in (RESNET_MODELS if layout == "resnet" else ECAPA_MODELS):
         raise ModelFormatError(f"{cfg_path}: model {name} does not match {ckpt_path.name}, which holds "
-                               f"a {'ResNet' if layout == 'resnet' else 'ECAPA-TDNN'}")
+                               f"{'a ResNet' if layout == 'resnet' else 'an ECAPA-TDNN'}")
     if layout == "resnet":
         enc_cfg, renamed = _resnet(state, ckpt_path, model_args, cfg_path)
     else:
