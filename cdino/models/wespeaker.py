@@ -9,8 +9,8 @@ encoders, cdino's blocks are reused; they differ in three places:
   takes the *unbiased* variance plus a small constant under the square root, and the
   attentive pooling floors its weighted variance at that constant.
 - ECAPA's TDNN layers run conv → ReLU → BatchNorm (cdino's: conv → BN → ReLU), its Res2
-  layer convolves groups 1..7 and passes the last group through, and the aggregation conv
-  (3·C → 1536) has ReLU and no BatchNorm.
+  layer convolves the first seven groups and passes the last one through (cdino's passes
+  the first), and the aggregation conv (3·C → 1536) has ReLU and no BatchNorm.
 - The ResNet here is cdino's with the time and frequency axes swapped, so a WeSpeaker
   checkpoint's 2-D kernels are transposed on import (see :mod:`cdino.models.wespeaker_import`).
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cdino.models.ecapa_tdnn import SqueezeExcitation
+from cdino.models.ecapa_tdnn import EcapaTdnn, SqueezeExcitation
 from cdino.models.pooling import (AttentiveStatsPool, TemporalStatsPool, _as_output, _Moments,
                                   _plain_ops, _WeightedMoments)
 from cdino.models.resnet import ResNet
@@ -140,20 +140,23 @@ class WeSpeakerSERes2Block(nn.Module):
         return x + self.body(x)
 
 
-class WeSpeakerEcapaTdnn(nn.Module):
+class WeSpeakerEcapaTdnn(EcapaTdnn):
     """WeSpeaker's ECAPA-TDNN: fbank ``(B, T, n_mels)`` → embedding ``(B, embed_dim)``.
 
-    ``channels`` is C (512 or 1024 in the releases); ``aggregation_channels`` the output of
-    the 1x1 aggregation conv (1536 in WeSpeaker whatever C); ``global_context`` the
-    ``_GLOB`` variants' pooling; ``embed_bn`` WeSpeaker's ``emb_bn``.
+    cdino's :class:`~cdino.models.ecapa_tdnn.EcapaTdnn` (its forward, pooled-stats
+    BatchNorm, embedding layer and their BatchNorm folding for inference) with WeSpeaker's
+    frame layers, aggregation conv and pooling in place of cdino's. ``channels`` is C (512
+    or 1024 in the releases); ``aggregation_channels`` the aggregation conv's output (1536
+    in WeSpeaker whatever C); ``global_context`` the ``_GLOB`` variants' pooling;
+    ``embed_bn`` WeSpeaker's ``emb_bn``.
     """
 
     def __init__(self, n_mels: int = 80, channels: int = 512, aggregation_channels: int = 1536,
                  embed_dim: int = 192, embed_bn: bool = False, res2_scale: int = 8,
                  se_dim: int = 128, attention_dim: int = 128, global_context: bool = True) -> None:
-        super().__init__()
-        self.n_mels = n_mels
-        self.embed_dim = embed_dim
+        super().__init__(n_mels=n_mels, channels=channels, aggregation_channels=aggregation_channels,
+                         embed_dim=embed_dim, embed_bn=embed_bn, res2_scale=res2_scale,
+                         se_dim=se_dim, attention_dim=attention_dim, global_context=global_context)
         self.input_layer = conv_relu_bn(n_mels, channels, kernel_size=5)
         self.blocks = nn.ModuleList(
             WeSpeakerSERes2Block(channels, 3, dilation, res2_scale, se_dim) for dilation in (2, 3, 4)
@@ -161,16 +164,3 @@ class WeSpeakerEcapaTdnn(nn.Module):
         self.aggregation = nn.Sequential(nn.Conv1d(3 * channels, aggregation_channels, 1),
                                          nn.ReLU(inplace=True))
         self.pool = WeSpeakerAttentivePool(aggregation_channels, attention_dim, global_context)
-        self.pool_bn = nn.BatchNorm1d(self.pool.out_dim)
-        self.embedding = nn.Linear(self.pool.out_dim, embed_dim)
-        self.embed_bn = nn.BatchNorm1d(embed_dim) if embed_bn else nn.Identity()
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, T, n_mels) -> (B, embed_dim)``."""
-        x = self.input_layer(feats.transpose(1, 2))
-        outputs = []
-        for block in self.blocks:
-            x = block(x)
-            outputs.append(x)
-        x = self.aggregation(torch.cat(outputs, dim=1))
-        return self.embed_bn(self.embedding(self.pool_bn(self.pool(x))))

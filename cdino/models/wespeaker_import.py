@@ -259,7 +259,8 @@ def _ecapa(state: dict[str, torch.Tensor], path: Path, name: str, model_args: di
     if name != "ECAPA_TDNN" and ("GLOB" in name) != global_context:
         raise ModelFormatError(f"{path}: pool.linear1.weight {tuple(attention.shape)} does not fit "
                                f"model {name} in {cfg_path.name}")
-    _check_arg(model_args, "feat_dim", n_mels, cfg_path)
+    for key, value in (("feat_dim", n_mels), ("channels", channels), ("global_context_att", global_context)):
+        _check_arg(model_args, key, value, cfg_path)
     embed_bn = "bn2.weight" in state
     _check_arg(model_args, "emb_bn", embed_bn, cfg_path)
     cfg = EncoderConfig(name="ecapa_tdnn_wespeaker", channels=channels, n_mels=n_mels,
