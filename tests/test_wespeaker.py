@@ -7,7 +7,11 @@ The reference data in tests/data/wespeaker/ was made with WeSpeaker's code (see 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +88,10 @@ def test_model_mapping_gives_wespeakers_embeddings_from_its_features(name):
 def test_model_folder_from_audio_gives_wespeakers_embeddings(imported):
     name, out = imported
     model = cdino.load_model(out)
-    got = model.embed_batch(CLIPS)
-    errors = _errors(got, _reference(name))
+    errors = _errors(model.embed_batch(CLIPS), _reference(name))
+    assert max(errors) <= TOLERANCE, errors
+    # the fp32 inference rewrite (BatchNorms folded where WeSpeaker's layer order allows)
+    errors = _errors(cdino.load_model(out, optimize="fp32").embed_batch(CLIPS), _reference(name))
     assert max(errors) <= TOLERANCE, errors
     # cdino's fbank is WeSpeaker's features (Kaldi rounding aside)
     for clip, ref in zip(CLIPS, _wespeaker_feats()):
@@ -252,3 +258,14 @@ def test_the_cli_reports_an_unknown_architecture_in_one_line_exit_2(tmp_path, ca
     assert rc == 2 and "\n" not in err
     assert err.startswith(f"error: {src / 'config.yaml'}: model CAMPPlus")
     assert not (tmp_path / "model").exists()
+
+
+def test_the_bench_check_prints_one_json_object_within_tolerance():
+    bench = Path(__file__).resolve().parents[1] / "bench" / "check_wespeaker_import.py"
+    got = subprocess.run([sys.executable, str(bench), str(DATA), "--models", "resnet34_narrow"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(bench.parents[1])})
+    assert got.returncode == 0, got.stderr[-2000:]
+    result = json.loads(got.stdout)
+    (row,) = result["models"]
+    assert row["within_tolerance"] and row["fbank_path"]["deviations"] <= TOLERANCE
