@@ -1,5 +1,5 @@
 """The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export /
-calibrate / run / demo.
+calibrate / import / run / demo.
 
 User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2.
 """
@@ -207,6 +207,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from cdino.verbs import run_import_wespeaker
+
+    run_import_wespeaker(args.source, args.out)
+    return 0
+
+
 def cmd_run(args) -> int:
     from cdino.pipeline.run import run_recipe
 
@@ -378,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx", required=True,
                    help="ONNX file to write (with the mean, threshold and fbank settings as metadata)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="make a model folder from another toolkit's released model",
+                       description="Make a cdino model folder from another toolkit's released model. "
+                                   "wespeaker: a WeSpeaker release folder (avg_model.pt + config.yaml) "
+                                   "holding a ResNet18/34 or an ECAPA-TDNN; the folder embeds as "
+                                   "WeSpeaker does, with mean.npy zero and the threshold unset "
+                                   "(docs/wespeaker.md).")
+    s.add_argument("toolkit", choices=["wespeaker"], help="which toolkit the model comes from")
+    s.add_argument("source", metavar="DIR", help="the released model's folder")
+    s.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
+    s.set_defaults(func=cmd_import)
     return p
 
 

@@ -1,4 +1,4 @@
-"""The functions behind ``cdino eval | verify | score | embed | export | calibrate``.
+"""The functions behind ``cdino eval | verify | score | embed | export | calibrate | import``.
 
 Each takes paths and plain values, checks its inputs before any long work (errors name the
 file and line) and writes its outputs atomically, so scripts can call them as the command
@@ -22,9 +22,11 @@ from cdino.errors import ConfigError, DataError
 from cdino.eval.calibration import CALIBRATION_FILE, DEFAULT_PRIOR, Calibration, fit_calibration, write_calibration
 from cdino.eval.embed import DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, extract_embeddings, load_embeddings
 from cdino.eval.verification import ASNormConfig, score_enrolled_trials, score_trials
-from cdino.eval.model_folder import read_model_config
+from cdino.eval.model_folder import read_model_config, save_model_folder
 from cdino.metrics import act_dcf, bayes_threshold, cllr, eer, min_cllr, min_dcf, small_trial_list_warning
 
+#: How an imported model's ``threshold_source`` starts: no data has set its threshold yet.
+UNSET_THRESHOLD = "unset"
 
 
 def _warn(message: str | None, where: PathLike | None = None) -> None:
@@ -216,6 +218,7 @@ def run_verify(model_dir: PathLike, a: PathLike | Sequence[PathLike], b: PathLik
         used_prior = VERIFY_PRIOR if prior is None else float(prior)
         shown, same = cal.score_threshold(used_prior), llr >= bayes_threshold(used_prior)
     else:
+        _warn_unset_threshold(model, model_dir)
         shown, same = model.threshold, score >= model.threshold
     decision = "same" if same else "different"
     if as_json:
@@ -231,6 +234,13 @@ def run_verify(model_dir: PathLike, a: PathLike | Sequence[PathLike], b: PathLik
             line += f" prior={used_prior:g}"
     print(line)
     return line
+
+
+def _warn_unset_threshold(model: SpeakerModel, model_dir: PathLike) -> None:
+    """Warn that same/different is decided at a placeholder (an imported model's threshold)."""
+    if model.threshold_source.startswith(UNSET_THRESHOLD):
+        _warn(f"the threshold {model.threshold:g} is a placeholder ({model.threshold_source}); "
+              "decide with --threshold, or fit a calibration with cdino calibrate", where=model_dir)
 
 
 def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike,
@@ -334,6 +344,7 @@ def run_score(model_dir: PathLike, pairs_path: PathLike, out: PathLike, data_dir
     model = load_model(model_dir, device=device, optimize=optimize)
     if threshold is not None:
         model = model.with_threshold(threshold)
+    _warn_unset_threshold(model, model_dir)
     if data_dir is not None:
         needed = set(key.values())
         utts, emb = extract_embeddings(model.encoder, model.fbank, data,
@@ -390,4 +401,27 @@ def run_export(model_dir: PathLike, onnx: PathLike, opset: int = 17) -> Path:
     model_cfg = read_model_config(model_dir)
     print(f"wrote {path}: input feats (batch, frames, {model_cfg.encoder.n_mels}) fbank, output embs "
           f"(batch, {model_cfg.embed_dim}); ONNX Runtime vs PyTorch cosine {cos:.6f}")
+    return path
+
+
+def run_import_wespeaker(source: PathLike, out: PathLike) -> Path:
+    """``cdino import wespeaker``: write a WeSpeaker release folder (``avg_model.pt`` +
+    ``config.yaml``) as a cdino model folder at ``out`` (see ``docs/wespeaker.md``).
+
+    The encoder and its front end are WeSpeaker's (:mod:`cdino.models.wespeaker_import`).
+    No data comes with a release, so ``mean.npy`` is zero (scores are plain cosines, as
+    WeSpeaker scores) and the threshold is an unset placeholder, 0.0, until the user
+    decides with ``--threshold`` or fits a calibration (``cdino calibrate``)."""
+    from cdino.models.registry import describe
+    from cdino.models.wespeaker_import import read_wespeaker
+
+    imported = read_wespeaker(source)
+    dim = imported.config.embed_dim
+    info = {**imported.info, "mean": "zero: no data seen at import (plain cosine scoring)"}
+    path = save_model_folder(out, imported.encoder, imported.config, imported.fbank,
+                             np.zeros(dim, dtype=np.float32), 0.0,
+                             f"{UNSET_THRESHOLD}: imported from WeSpeaker without data",
+                             info=info)
+    print(f"wrote {path}: WeSpeaker {imported.info['wespeaker_model']} as {describe(imported.config)}; "
+          "mean.npy is zero and the threshold unset (docs/wespeaker.md)")
     return path

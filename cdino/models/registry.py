@@ -17,6 +17,7 @@ from torch import nn
 from cdino.errors import ConfigError
 from cdino.models.ecapa_tdnn import EcapaTdnn
 from cdino.models.resnet import ResNet
+from cdino.models.wespeaker import WeSpeakerEcapaTdnn, WeSpeakerResNet
 
 #: Per-variant defaults for the sizes that are 0 ("the variant's default") in the config.
 VARIANTS: dict[str, dict] = {
@@ -26,6 +27,10 @@ VARIANTS: dict[str, dict] = {
                              se_dim=32, attention_dim=64),
     "resnet34": dict(channels=32, blocks=[3, 4, 6, 3], embed_dim=256),
     "resnet34_small": dict(channels=8, blocks=[2, 2, 2, 2], embed_dim=256),
+    # WeSpeaker's architectures, for imported checkpoints (cdino.models.wespeaker)
+    "ecapa_tdnn_wespeaker": dict(channels=512, aggregation_channels=1536, embed_dim=192,
+                                 se_dim=128, attention_dim=128),
+    "resnet_wespeaker": dict(channels=32, blocks=[3, 4, 6, 3], embed_dim=256),
 }
 
 #: Res2 scale of the ECAPA-TDNN variants (channels must be a multiple of it).
@@ -37,10 +42,12 @@ class EncoderConfig:
     """Which speaker encoder to build, and its sizes."""
 
     name: str = "ecapa_tdnn"
-    """Encoder: ecapa_tdnn, ecapa_tdnn_small, resnet34 or resnet34_small."""
+    """Encoder: ecapa_tdnn, ecapa_tdnn_small, resnet34, resnet34_small, or WeSpeaker's
+    ecapa_tdnn_wespeaker / resnet_wespeaker (what ``cdino import wespeaker`` writes)."""
     channels: int = 0
     """Width: ECAPA channels C (512 or 1024) / ResNet base channels; 0 = the variant's
-    default (ecapa_tdnn 512, ecapa_tdnn_small 64, resnet34 32, resnet34_small 8)."""
+    default (ecapa_tdnn and ecapa_tdnn_wespeaker 512, ecapa_tdnn_small 64, resnet34 and
+    resnet_wespeaker 32, resnet34_small 8)."""
     embed_dim: int = 0
     """Embedding size; 0 = the variant's default (192 for ECAPA-TDNN, 256 for ResNet)."""
     n_mels: int = 80
@@ -48,13 +55,13 @@ class EncoderConfig:
     embed_bn: bool = False
     """BatchNorm on the embedding (the public DINO recipe uses it)."""
     aggregation_channels: int = 0
-    """ECAPA multi-layer feature aggregation width; 0 = 1536 for ecapa_tdnn (also with
-    C=1024, as in the paper), 3·C for ecapa_tdnn_small."""
+    """ECAPA multi-layer feature aggregation width; 0 = 1536 for ecapa_tdnn and
+    ecapa_tdnn_wespeaker (also with C=1024, as in the paper), 3·C for ecapa_tdnn_small."""
     global_context: bool = True
     """ECAPA attentive pooling also sees the utterance mean and std of each channel."""
     blocks: list[int] = field(default_factory=list)
-    """ResNet basic blocks per stage (4 stages); empty = [3, 4, 6, 3] (resnet34),
-    [2, 2, 2, 2] (resnet34_small)."""
+    """ResNet basic blocks per stage (4 stages); empty = [3, 4, 6, 3] (resnet34,
+    resnet_wespeaker), [2, 2, 2, 2] (resnet34_small)."""
 
     def validate(self) -> None:
         if self.name not in VARIANTS:
@@ -74,6 +81,8 @@ class EncoderConfig:
                 raise ConfigError(f"blocks: expected 4 positive block counts, got {self.blocks}")
         if self.aggregation_channels and not is_ecapa:
             raise ConfigError("aggregation_channels: only ECAPA-TDNN encoders have an aggregation layer")
+        if self.embed_bn and self.name == "resnet_wespeaker":
+            raise ConfigError("embed_bn: WeSpeaker's ResNet has no BatchNorm on the embedding")
 
     def resolved(self) -> "EncoderConfig":
         """A copy with every 0 / empty size replaced by the variant's default."""
@@ -93,10 +102,14 @@ def build_encoder(cfg: EncoderConfig) -> nn.Module:
     r = cfg.resolved()
     if r.name.startswith("ecapa"):
         extra = VARIANTS[r.name]
-        return EcapaTdnn(n_mels=r.n_mels, channels=r.channels,
-                         aggregation_channels=r.aggregation_channels, embed_dim=r.embed_dim,
-                         embed_bn=r.embed_bn, res2_scale=RES2_SCALE, se_dim=extra["se_dim"],
-                         attention_dim=extra["attention_dim"], global_context=r.global_context)
+        ecapa = WeSpeakerEcapaTdnn if r.name == "ecapa_tdnn_wespeaker" else EcapaTdnn
+        return ecapa(n_mels=r.n_mels, channels=r.channels,
+                     aggregation_channels=r.aggregation_channels, embed_dim=r.embed_dim,
+                     embed_bn=r.embed_bn, res2_scale=RES2_SCALE, se_dim=extra["se_dim"],
+                     attention_dim=extra["attention_dim"], global_context=r.global_context)
+    if r.name == "resnet_wespeaker":
+        return WeSpeakerResNet(n_mels=r.n_mels, base_channels=r.channels, blocks=r.blocks,
+                               embed_dim=r.embed_dim)
     return ResNet(n_mels=r.n_mels, base_channels=r.channels, blocks=r.blocks,
                   embed_dim=r.embed_dim, embed_bn=r.embed_bn)
 
