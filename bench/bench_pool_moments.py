@@ -36,20 +36,20 @@ def main() -> None:
     cfg = b.stage_config("ecapa_tdnn_small", 4096, 32, "demo")
     torch.manual_seed(0)
     step = b.make_step(torch.device("cpu"), bf16, cfg)
-    switches = {"fused": pooling._plain_ops, "plain": lambda: True}
+    switches = {"fused": pooling.use_plain_ops, "plain": lambda: True}
     for i in range(3):
         step(i)
     ms: dict[str, list[float]] = {"fused": [], "plain": []}
     k = 3
     for r in range(args.rounds):
         for name in ("plain", "fused") if r % 2 else ("fused", "plain"):
-            pooling._plain_ops = switches[name]
+            pooling.use_plain_ops = switches[name]
             t = time.perf_counter()
             for _ in range(5):
                 step(k)
                 k += 1
             ms[name].append((time.perf_counter() - t) / 5 * 1000)
-    pooling._plain_ops = switches["fused"]
+    pooling.use_plain_ops = switches["fused"]
     ratios = sorted(p / f for p, f in zip(ms["plain"], ms["fused"]))
     print(json.dumps({"bench": "pool_moments", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "cpu": platform.processor() or "cpu", "torch": torch.__version__,

@@ -16,7 +16,7 @@ from cdino.errors import ConfigError
 from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.dino_head import DinoHead
 from cdino.models.inference import optimize_for_inference
-from cdino.models.pooling import VARIANCE_FLOOR, AttentiveStatsPool, _mean_std, _Moments, _WeightedMoments
+from cdino.models.pooling import VARIANCE_FLOOR, AttentiveStatsPool, _mean_std, Moments, WeightedMoments
 from cdino.models.registry import VARIANTS, EncoderConfig, build_encoder, count_parameters, describe
 
 SMALL = ("ecapa_tdnn_small", "resnet34_small")
@@ -264,7 +264,7 @@ def test_pooling_moments_have_the_gradients_of_the_plain_formula(weighted):
     x.data[0, 0] = 0.25  # a constant channel: variance below the floor, clamped
     w = torch.softmax(torch.randn(3, 5, 17, generator=gen, dtype=torch.float64), -1).requires_grad_() if weighted else None
     inputs = (x, w) if weighted else (x,)
-    fused = _Moments.apply if not weighted else _WeightedMoments.apply
+    fused = Moments.apply if not weighted else WeightedMoments.apply
     assert torch.autograd.gradcheck(fused, inputs)  # closed-form backward = numerical
     mean, std = _mean_std(*inputs)
     ref_mean, ref_std = _reference_mean_std(*inputs)
@@ -289,7 +289,7 @@ def test_attentive_pool_matches_the_plain_formula_in_training(monkeypatch):
         x.grad = None
         with monkeypatch.context() as m:
             if plain:
-                m.setattr(pooling, "_plain_ops", lambda: True)
+                m.setattr(pooling, "use_plain_ops", lambda: True)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = pool(x.bfloat16())
             (y.float() * torch.linspace(-1, 1, y.shape[1])).sum().backward()

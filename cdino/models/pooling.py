@@ -22,7 +22,7 @@ from torch import nn
 VARIANCE_FLOOR = 1e-5
 
 
-def _as_output(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def as_pooled_output(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """fp32 statistics, or, for a model run wholly in low precision (no autocast), the
     input's dtype so the next layer's parameters match."""
     if x.dtype != stats.dtype and not torch.is_autocast_enabled(x.device.type):
@@ -30,7 +30,7 @@ def _as_output(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return stats
 
 
-class _Moments(torch.autograd.Function):
+class Moments(torch.autograd.Function):
     """``(mean_t x, mean_t x²)`` of a ``(B, C, T)`` tensor."""
 
     @staticmethod
@@ -47,7 +47,7 @@ class _Moments(torch.autograd.Function):
         return torch.addcmul((g_mean / t).unsqueeze(-1), x, (2.0 / t * g_second).unsqueeze(-1))
 
 
-class _WeightedMoments(torch.autograd.Function):
+class WeightedMoments(torch.autograd.Function):
     """``(sum_t w x, sum_t w x²)`` of ``(B, C, T)`` tensors ``x`` and ``w``."""
 
     @staticmethod
@@ -68,7 +68,7 @@ class _WeightedMoments(torch.autograd.Function):
         return grad_x, grad_w
 
 
-def _plain_ops() -> bool:
+def use_plain_ops() -> bool:
     """True while TorchScript traces the model (ONNX export): no Python autograd functions."""
     return torch.jit.is_tracing() or torch.jit.is_scripting()
 
@@ -79,15 +79,15 @@ def _mean_std(x: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[tor
     ``x`` is cast to fp32 here unless it already is (a caller that pools one tensor twice
     casts it once)."""
     x = x.float()
-    if _plain_ops():
+    if use_plain_ops():
         if weights is None:
             mean, second = x.mean(dim=-1), (x * x).mean(dim=-1)
         else:
             mean, second = (x * weights).sum(dim=-1), (x * x * weights).sum(dim=-1)
     elif weights is None:
-        mean, second = _Moments.apply(x)
+        mean, second = Moments.apply(x)
     else:
-        mean, second = _WeightedMoments.apply(x, weights.float())
+        mean, second = WeightedMoments.apply(x, weights.float())
     var = (second - mean * mean).clamp(min=VARIANCE_FLOOR)
     return mean, var.sqrt()
 
@@ -103,7 +103,7 @@ class TemporalStatsPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T) -> (B, 2C)``."""
         mean, std = _mean_std(x)
-        return _as_output(torch.cat([mean, std], dim=1), x)
+        return as_pooled_output(torch.cat([mean, std], dim=1), x)
 
 
 class AttentiveStatsPool(nn.Module):
@@ -137,4 +137,4 @@ class AttentiveStatsPool(nn.Module):
         scores = self.score(torch.tanh(hidden))
         weights = torch.softmax(scores.float(), dim=-1)
         mean, std = _mean_std(x32, weights)
-        return _as_output(torch.cat([mean, std], dim=1), x)
+        return as_pooled_output(torch.cat([mean, std], dim=1), x)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from cdino.models.ecapa_tdnn import EcapaTdnn, SqueezeExcitation
-from cdino.models.pooling import (AttentiveStatsPool, TemporalStatsPool, _as_output, _Moments,
-                                  _plain_ops, _WeightedMoments)
+from cdino.models import pooling
+from cdino.models.pooling import AttentiveStatsPool, Moments, TemporalStatsPool, WeightedMoments, as_pooled_output
 from cdino.models.resnet import ResNet
 
 #: WeSpeaker's constant under the square root of every standard deviation it pools.
@@ -38,10 +38,10 @@ def _unbiased_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over the last axis and ``sqrt(unbiased variance + STD_EPSILON)``, in fp32."""
     x = x.float()
     t = x.shape[-1]
-    if _plain_ops():
+    if pooling.use_plain_ops():
         mean, second = x.mean(dim=-1), (x * x).mean(dim=-1)
     else:
-        mean, second = _Moments.apply(x)
+        mean, second = Moments.apply(x)
     var = (second - mean * mean).clamp(min=0.0) * (t / max(t - 1, 1))
     return mean, (var + STD_EPSILON).sqrt()
 
@@ -51,7 +51,7 @@ class UnbiasedStatsPool(TemporalStatsPool):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = _unbiased_mean_std(x)
-        return _as_output(torch.cat([mean, std], dim=1), x)
+        return as_pooled_output(torch.cat([mean, std], dim=1), x)
 
 
 class WeSpeakerAttentivePool(AttentiveStatsPool):
@@ -68,12 +68,12 @@ class WeSpeakerAttentivePool(AttentiveStatsPool):
             context = self.context_proj(torch.cat([mean, std], dim=1).to(hidden.dtype))
             hidden = hidden + context.unsqueeze(-1)
         weights = torch.softmax(self.score(torch.tanh(hidden)).float(), dim=-1)
-        if _plain_ops():
+        if pooling.use_plain_ops():
             mean, second = (x32 * weights).sum(dim=-1), (x32 * x32 * weights).sum(dim=-1)
         else:
-            mean, second = _WeightedMoments.apply(x32, weights)
+            mean, second = WeightedMoments.apply(x32, weights)
         std = (second - mean * mean).clamp(min=STD_EPSILON).sqrt()
-        return _as_output(torch.cat([mean, std], dim=1), x)
+        return as_pooled_output(torch.cat([mean, std], dim=1), x)
 
 
 class WeSpeakerResNet(ResNet):
