@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cdino.cli import main
@@ -109,17 +111,27 @@ def test_rerun_skips_finished_stages(quick_demo):
     assert time.perf_counter() - t0 < first_seconds / 2
 
 
+def _model_difference(a: Path, b: Path) -> float:
+    """Relative L2 difference of two model folders' tensors (weights and BatchNorm statistics)."""
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a / "encoder.safetensors")), load_file(str(b / "encoder.safetensors"))
+    keys = [k for k in x if not k.endswith("num_batches_tracked")]
+    diff = sum(float(((x[k].astype(np.float64) - y[k]) ** 2).sum()) for k in keys)
+    return (diff / sum(float((x[k].astype(np.float64) ** 2).sum()) for k in keys)) ** 0.5
+
+
 def test_quick_demo_on_two_ranks_matches_one(quick_demo, tmp_path):
-    """`torchrun --nproc_per_node 2 … demo --quick` (gloo, CPU) runs every stage and lands
-    near the 1-process run. The quick recipe fixes the micro-batch (16), so both runs see
-    the same batches; they differ by the order of floating-point sums only (DDP averaging
-    vs accumulation), which a few hundred steps and k-means amplify, most in the last
-    rounds (mm_r2 once differed by 7.0 points, 33.3 against 26.3 %, with both runs sound).
-    Tolerance: 9 EER points for any stage and 4 on average over the stages (the quick
-    demo's EERs are 25–45 % on 4,000 trials; their 95 % bootstrap intervals are about
-    ±1.5 points, seed-to-seed spread several points), and the 2-rank run must learn: its
-    final stage at least 5 points below its DINO stage. A rank that trained on the wrong
-    labels or gate would miss by far more (chance is 50 %)."""
+    """`torchrun --nproc_per_node 2 … demo --quick` (gloo, CPU) runs every stage and computes
+    what one process computes. The quick recipe fixes the micro-batch (16), so both runs
+    see the same batches; BatchNorm statistics, the correction's alignment and move cap are
+    combined over the ranks as one process has them. What remains is the order of
+    floating-point sums (DDP averaging vs accumulation): the stages without sample-by-sample
+    decisions (DINO, C-DINO, the supervised reference) end with the same model to float
+    rounding, and each first round clusters that model into the same pseudo labels.
+    Afterwards the gates and corrections decide per sample, a flip of one sample grows over
+    the rounds, and the later rounds' EERs are not compared; the 2-rank run must learn, and
+    every rank gates with one threshold."""
     import shutil
 
     one_out, _, _ = quick_demo
@@ -137,10 +149,16 @@ def test_quick_demo_on_two_ranks_matches_one(quick_demo, tmp_path):
     assert set(two["ablations"]) == set(one["ablations"]) and set(two["baselines"]) == set(one["baselines"])
     # Same model, same test set: the untrained baseline is identical.
     assert two["baselines"]["untrained"]["eer"] == pytest.approx(one["baselines"]["untrained"]["eer"], abs=1e-9)
-    diffs = {a["name"]: abs(a["eer"] - b["eer"]) for a, b in zip(one["stages"], two["stages"])}
+    # Smooth stages: the same model to float rounding (measured 4e-8 to 7e-8; rank 0's BatchNorm
+    # statistics alone, as DDP keeps them by default, gave 5e-3 to 2e-2).
+    for stage in ("dino", "cdino", "supervised"):
+        assert _model_difference(one_out / stage / "model", out / stage / "model") < 1e-4, stage
+    for stage in ("pseudo", "mm"):
+        a, b = (np.load(d / stage / "round1" / "labels.npy") for d in (one_out, out))
+        assert (a == b).mean() >= 0.95, stage  # the first round's clusters of the same model
+        for r in (1, 2):
+            for e in json.loads((out / stage / f"round{r}" / "summary.json").read_text())["epochs"]:
+                assert e["rank_thresholds"] == [e["threshold"]] * 2
     pairs = {a["name"]: (a["eer"], b["eer"]) for a, b in zip(one["stages"], two["stages"])}
-    assert max(diffs.values()) <= 0.09, pairs
-    assert sum(diffs.values()) / len(diffs) <= 0.04, pairs
     assert two["stages"][-1]["eer"] <= two["stages"][0]["eer"] - 0.05, pairs
-    assert abs(one["supervised"]["eer"] - two["supervised"]["eer"]) <= 0.06
     assert proc.stdout.count("[report] running") == 1  # one console: rank 0's

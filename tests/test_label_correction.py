@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cdino.config import from_dict
 from cdino.errors import ConfigError
-from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_labels, spent_move_share
+from cdino.pseudo.label_correction import LabelCorrectionConfig, correct_from_probs, correct_labels
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig
 
 
@@ -199,15 +199,39 @@ def test_cap_moves_keeps_the_most_confident_moves_per_class():
         from_dict(LabelCorrectionConfig, {"max_moves_per_class": -1})
 
 
-def test_spent_move_share_keeps_each_ranks_row_and_splits_on_another_rank_count():
-    rows = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]])  # 2 ranks, 3 classes
-    assert torch.equal(spent_move_share(rows, 0, 2), rows[0])
-    assert torch.equal(spent_move_share(rows, 1, 2), rows[1])
-    # On 1 rank (which holds the whole cap) all spent moves are its own; on 4 ranks
-    # (each a quarter of the cap) each takes a quarter: the room left in all is unchanged.
-    assert torch.equal(spent_move_share(rows, 0, 1), torch.tensor([2.0, 3.0, 2.0]))
-    shares = torch.stack([spent_move_share(rows, r, 4) for r in range(4)])
-    assert torch.allclose(shares.sum(0), rows.sum(0))
-    assert torch.allclose(shares[0], shares[3])
-    with pytest.raises(ValueError, match="ranks, classes"):
-        spent_move_share(rows[0], 0, 2)
+def test_cap_and_alignment_over_rank_parts_equal_one_process_in_order():
+    """Two ranks' parts of a global batch, each rank seeing every part (gathered): the cap
+    and the alignment give each rank what one process gets on its micro-batches in turn."""
+    from cdino.pseudo.label_correction import DistributionAlignment, cap_moves, cap_moves_in_order
+
+    gen = torch.Generator().manual_seed(3)
+    n_cls, b = 5, 12
+    probs = torch.softmax(torch.randn(2, b, n_cls, generator=gen) * 3, -1)
+    labels = torch.randint(0, n_cls, (2, b), generator=gen)
+    room = torch.tensor([1.0, 2.0, 0.0, 3.0, 1.0])
+    # one process: micro-batch 0, then 1, the cap's room shrinking by what 0 kept
+    one = DistributionAlignment(torch.tensor([3.0, 2.0, 2.0, 1.0, 2.0]), momentum=0.9)
+    spent, expect = torch.zeros(n_cls), []
+    for m in range(2):
+        p = one(probs[m])
+        new, corr = correct_from_probs(p, labels[m], torch.ones(b, dtype=torch.bool), 0.3)
+        new, corr = cap_moves(labels[m], new, corr, p.max(1).values, room - spent)
+        spent.index_add_(0, new, (corr & (new != labels[m])).float())
+        expect.append((new, corr))
+    # two ranks: each aligns with the gathered part means and caps over the gathered parts
+    ranks = [DistributionAlignment(torch.tensor([3.0, 2.0, 2.0, 1.0, 2.0]), momentum=0.9) for _ in range(2)]
+    means = probs.mean(1)
+    aligned = [ranks[r](probs[r], means, r) for r in range(2)]
+    gathered = []
+    for r in range(2):
+        new, corr = correct_from_probs(aligned[r], labels[r], torch.ones(b, dtype=torch.bool), 0.3)
+        gathered.append(torch.stack([labels[r].double(), new.double(), corr.double(),
+                                     aligned[r].max(1).values.double()], 1))
+    gathered = torch.stack(gathered)
+    for r in range(2):
+        new, corr, moved = cap_moves_in_order(gathered, r, room)
+        assert torch.equal(new, expect[r][0]) and torch.equal(corr, expect[r][1])
+        assert torch.equal(moved, spent)
+        assert torch.allclose(ranks[r].mean, one.mean)
+    assert spent.sum() > 0 and (spent <= room).all()  # the cap bit somewhere and held
+

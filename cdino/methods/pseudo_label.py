@@ -41,8 +41,8 @@ from cdino.models.aam_softmax import AAMSoftmax, aam_logits
 from cdino.models.registry import build_encoder
 from cdino.pseudo.fusion import FusionConfig, joint_loss, joint_prediction, multimodal_reliable
 from cdino.pseudo.kmeans import KMeansConfig
-from cdino.pseudo.label_correction import (DistributionAlignment, LabelCorrectionConfig, cap_moves, correct_from_probs,
-                                          spent_move_share)
+from cdino.pseudo.label_correction import (DistributionAlignment, LabelCorrectionConfig, cap_moves_in_order,
+                                          correct_from_probs)
 from cdino.pseudo.loss_gate import LossGate, LossGateConfig, plot_loss_gate
 from cdino.distributed import all_gather_stack, all_reduce_sum
 from cdino.methods.schedules import linear_warmup
@@ -158,9 +158,9 @@ class PseudoLabelMethod(Method):
         cc = self.pc.correction
         sizes = torch.bincount(self.label_t, minlength=self.n_classes).float()  # samples per pseudo class
         self.align = DistributionAlignment(sizes, cc.align_momentum) if cc.enabled and cc.align else None
-        # per rank: each rank sees 1 / world_size of the epoch
-        self.move_cap = (cc.max_moves_per_class * sizes / ctx.world_size
-                         if cc.enabled and cc.max_moves_per_class > 0 else None)
+        # The cap is global: every rank applies it to the parts of each global batch in order
+        # (cap_moves_in_order), so the moves do not depend on the number of ranks.
+        self.move_cap = cc.max_moves_per_class * sizes if cc.enabled and cc.max_moves_per_class > 0 else None
         self.fit_a = self.fit_v = None
         self.fit_epoch = -1
         self.epoch_log: list[dict] = []
@@ -179,11 +179,12 @@ class PseudoLabelMethod(Method):
 
     def _reset_counters(self) -> None:
         z = lambda: torch.zeros((), device=self.ctx.device)
-        self.count = {k: z() for k in ("seen", "unreliable", "corrected", "wrong",
+        self.count = {k: z() for k in ("seen", "unreliable", "corrected", "moved", "wrong",
                                        "unreliable_wrong", "corrected_right")}
-        # Label-free: how many corrections each class received this epoch.
+        # Label-free: how many corrections each class received this epoch (this rank's).
         self.count["corrected_into"] = torch.zeros(self.n_classes, device=self.ctx.device)
-        self.count["moved_into"] = torch.zeros(self.n_classes, device=self.ctx.device)
+        # Samples moved into each class this epoch by all ranks (the same on every rank).
+        self.moved_into = torch.zeros(self.n_classes, device=self.ctx.device)
 
     def dataset(self):
         lo, hi = self._seconds()
@@ -273,11 +274,14 @@ class PseudoLabelMethod(Method):
                     probs = joint_prediction(probs, F.softmax(cos_v.detach().float() * self.pc.scale / c.temperature, -1),
                                              has_v)
                 if self.align is not None:
-                    probs = self.align(probs)
+                    probs = self.align(probs, all_gather_stack(probs.float().mean(0)), self.ctx.rank)
                 y_final, corrected = correct_from_probs(probs, y, ~reliable, c.threshold)
                 if self.move_cap is not None:
-                    room = self.move_cap - self.count["moved_into"]
-                    y_final, corrected = cap_moves(y, y_final, corrected, probs.max(1).values, room)
+                    mine = torch.stack([y.double(), y_final.double(), corrected.double(),
+                                        probs.max(1).values.double()], 1)
+                    y_final, corrected, moved = cap_moves_in_order(all_gather_stack(mine), self.ctx.rank,
+                                                                   self.move_cap - self.moved_into)
+                    self.moved_into += moved
             use = (reliable | corrected).float()
         loss_a = F.cross_entropy(aam_logits(cos_a.float(), y_final, margin, scale), y_final, reduction="none")
         loss = (loss_a * use).sum() / use.sum().clamp_min(1.0)
@@ -308,7 +312,7 @@ class PseudoLabelMethod(Method):
         c["unreliable"] += (~reliable).sum()
         c["corrected"] += corrected.sum()
         c["corrected_into"].index_add_(0, y_final, corrected.float())  # no host sync
-        c["moved_into"].index_add_(0, y_final, (corrected & (y_final != y)).float())
+        c["moved"] += (corrected & (y_final != y)).sum()
         if self.diag is not None:  # diagnostics only
             true, majority = self.diag["true"][idx], self.diag["majority"]
             wrong = majority[y] != true  # the cluster's majority speaker is not this speaker
@@ -333,8 +337,8 @@ class PseudoLabelMethod(Method):
     def on_epoch_end(self, epoch: int) -> dict:
         counts = self._global_counts()
         into = counts.pop("corrected_into")
-        moved = float(counts.pop("moved_into").sum())
         c = {k: float(v.item()) for k, v in counts.items()}
+        moved = c["moved"]
         seen = max(1.0, c["seen"])
         out = {"round": self.round_index, "threshold": self._threshold(self.gate_a),
                "reliable_fraction": 1.0 - c["unreliable"] / seen,
@@ -377,9 +381,7 @@ class PseudoLabelMethod(Method):
                 state[name] = getattr(self, name).state_dict()
         for k, v in self._global_counts().items():
             state[f"count_{k}"] = v.detach().cpu()
-        # The move cap is spent per rank (each holds its share of it): every rank's count.
-        if "moved_into" in self.count:  # the same keys on every rank: all call the collective or none
-            state["moved_into_per_rank"] = all_gather_stack(self.count["moved_into"]).detach().cpu()
+        state["moved_into"] = self.moved_into.detach().cpu()  # global: the same on every rank
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -394,9 +396,8 @@ class PseudoLabelMethod(Method):
             if f"count_{k}" in state:  # global counts: rank 0 holds them, the others start at 0
                 value = state[f"count_{k}"].to(self.ctx.device)
                 self.count[k] = value if self.ctx.rank == 0 else torch.zeros_like(value)
-        per_rank = state.get("moved_into_per_rank")
-        if per_rank is not None:
-            self.count["moved_into"] = spent_move_share(per_rank, self.ctx.rank, self.ctx.world_size).to(self.ctx.device)
+        if "moved_into" in state:
+            self.moved_into = state["moved_into"].to(self.ctx.device, torch.float32)
 
     def export_encoder(self) -> nn.Module:
         return self.student.encoder

@@ -41,7 +41,8 @@ import torch
 
 from cdino.errors import ConfigError
 
-__all__ = ["DistributionAlignment", "LabelCorrectionConfig", "cap_moves", "correct_from_probs", "correct_labels"]
+__all__ = ["DistributionAlignment", "LabelCorrectionConfig", "cap_moves", "cap_moves_in_order", "correct_from_probs",
+           "correct_labels"]
 
 
 @dataclass
@@ -93,10 +94,23 @@ class DistributionAlignment:
         self.momentum = momentum
 
     @torch.no_grad()
-    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
-        """Update the running mean with this batch's ``probs`` (B, C) and return them aligned."""
-        self.mean.mul_(self.momentum).add_(probs.float().mean(0), alpha=1.0 - self.momentum)
-        aligned = probs.float() * (self.prior / self.mean.clamp_min(1e-12))
+    def __call__(self, probs: torch.Tensor, part_means: torch.Tensor | None = None, part: int = 0) -> torch.Tensor:
+        """Update the running mean with this batch's ``probs`` (B, C) and return them aligned.
+
+        Under several ranks the global batch is split into parts, one per rank:
+        ``part_means`` (W, C) holds every part's mean prediction (gathered) and ``part`` is
+        this rank's. The running mean then moves through the parts in order, as one process
+        would through its micro-batches; this part is aligned with the mean after its own
+        update, and every rank ends with the same mean.
+        """
+        if part_means is None:
+            part_means = probs.float().mean(0, keepdim=True)
+        mine = self.mean
+        for j, m in enumerate(part_means.float()):
+            self.mean = self.mean * self.momentum + m * (1.0 - self.momentum)
+            if j == part:
+                mine = self.mean
+        aligned = probs.float() * (self.prior / mine.clamp_min(1e-12))
         return aligned / aligned.sum(1, keepdim=True)
 
     def state_dict(self) -> dict:
@@ -164,14 +178,23 @@ def cap_moves(labels: torch.Tensor, new_labels: torch.Tensor, corrected: torch.T
     return torch.where(dropped, labels, new_labels), corrected & ~dropped
 
 
-def spent_move_share(per_rank: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """The moves into each class a resumed ``rank`` has already spent this epoch, from the
-    ``(ranks_then, n_classes)`` counts of a mid-epoch checkpoint. Each rank holds
-    ``1 / world_size`` of the cap: on as many ranks as wrote the checkpoint, every rank
-    takes back its own row; on another number, each takes an equal share of the total, so
-    the room left over all ranks is the same as before the restart."""
-    if per_rank.dim() != 2:
-        raise ValueError(f"per-rank move counts must be (ranks, classes); got shape {tuple(per_rank.shape)}")
-    if per_rank.shape[0] == world_size:
-        return per_rank[rank].clone()
-    return per_rank.sum(0) / world_size
+@torch.no_grad()
+def cap_moves_in_order(parts: torch.Tensor, part: int, room: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cap_moves` over the parts of a global batch in order, as one process would
+    apply it to its micro-batches one after another.
+
+    ``parts`` (W, B, 4): every part's ``(label, new label, corrected, confidence)`` per
+    sample (gathered from the ranks); ``part``: this rank's; ``room`` (C,): what the cap
+    allowed when the step began. Returns this part's ``(new_labels, corrected)`` and the
+    moves into each class that all parts kept (the same on every rank).
+    """
+    spent = torch.zeros_like(room, dtype=torch.float32)
+    mine = None
+    for j, p in enumerate(parts):
+        labels, new, corrected, conf = p[:, 0].long(), p[:, 1].long(), p[:, 2].bool(), p[:, 3]
+        new, corrected = cap_moves(labels, new, corrected, conf, room - spent)
+        spent.index_add_(0, new, (corrected & (new != labels)).float())
+        if j == part:
+            mine = (new, corrected)
+    return mine[0], mine[1], spent

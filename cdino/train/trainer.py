@@ -49,6 +49,7 @@ from cdino.models.registry import EncoderConfig
 from cdino.threads import ThreadGovernor, apply_threads
 from cdino.testing.faults import fault_point
 from cdino.train import checkpoint as ckpt
+from cdino.train.running_stats import RunningStatsSync
 from cdino.distributed import DistInfo, all_reduce_mean, init_distributed, resolve_device
 from cdino.methods.schedules import cosine, warmup_cosine
 
@@ -182,6 +183,15 @@ def _param_groups(module: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
 
 
+def _buffer_sync(forward: bool) -> dict:
+    """DDP's option for copying rank 0's buffers before each forward (``forward_sync_buffers``
+    since torch 2.13, ``broadcast_buffers`` before)."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": forward}
+
+
 class Trainer:
     """Runs one method for the configured epochs; writes checkpoints under ``out_dir``."""
 
@@ -239,9 +249,15 @@ class Trainer:
             if getattr(method, "teacher", None) is not None:
                 method.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(method.teacher)
         self.ddp = None
+        self.stats_sync = None
         if world > 1:
+            # Without SyncBatchNorm (CPUs) every rank keeps its own BatchNorm statistics, and
+            # they are combined after each step as one process would have them (running_stats).
+            sync_bn = self.device.type == "cuda"
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.student, device_ids=[self.device.index] if sync_bn else None, **_buffer_sync(sync_bn))
+            if not sync_bn:
+                self.stats_sync = RunningStatsSync(self.student, getattr(method, "teacher", None))
         self.forward_module = self.ddp if self.ddp is not None else self.student
         if tc.compile:
             self.forward_module = torch.compile(self.forward_module)
@@ -378,6 +394,8 @@ class Trainer:
             for _ in range(start_in_epoch, self.steps_per_epoch):
                 step = self.step
                 lr = self._set_schedules(step)
+                if self.stats_sync is not None:
+                    self.stats_sync.begin()
                 for micro in range(self.accum):
                     batch = feed.next()
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -391,6 +409,8 @@ class Trainer:
                     for k, v in stats.items():
                         v = v.detach().float() / self.accum
                         sums[k] = sums[k] + v if k in sums else v
+                if self.stats_sync is not None:
+                    self.stats_sync.end()
                 self.method.before_optimizer_step(step, epoch)
                 nonfinite += self._clip_and_check()
                 self.optimizer.step()
