@@ -9,7 +9,7 @@ import torch
 
 from cdino.config import from_dict
 from cdino.errors import ConfigError, DataError
-from cdino.frontend.augment import (AugmentBanks, AugmentConfig, Augmenter, add_noise, reverberate,
+from cdino.frontend.augment import (AugmentBanks, AugmentConfig, Augmenter, add_noise, mulaw, reverberate,
                                     speed_perturb)
 from cdino.frontend.crop import random_crops
 
@@ -280,3 +280,42 @@ def test_random_crops_longer_than_the_batch_tile() -> None:
     for b, n in enumerate(lengths.tolist()):
         start = out[b, :, :1]
         assert torch.equal(out[b], (start + torch.arange(100)) % n)
+
+
+def _band_db(x: torch.Tensor, f: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    power = torch.fft.rfft(x, dim=-1).abs().square()
+    return 10 * torch.log10(power[:, (f >= lo) & (f < hi)].mean(-1))
+
+
+def test_channels_limit_the_band_keep_the_level_and_leave_the_other_draws(banks: AugmentBanks) -> None:
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    x = torch.randn(64, 16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    base = AugmentConfig(reverb_prob=0.3, noise_prob=0.3)
+    plain, info = Augmenter(base, banks)(x, gen(), return_info=True)
+    both, info2 = Augmenter(from_dict(AugmentConfig, {"reverb_prob": 0.3, "noise_prob": 0.3,
+                                                      "channel_prob": 1.0}), banks)(x, gen(), return_info=True)
+    for key in ("reverb", "noise", "rir", "category", "snr_db"):  # the channel draws come after these
+        assert torch.equal(info[key], info2[key]), key
+    only = Augmenter(AugmentConfig(reverb_prob=0.0, noise_prob=0.0, channel_prob=1.0, channel_telephone=0.5))
+    out, d = only(x, gen(), return_info=True)
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1), rtol=1e-4, atol=0)
+    f = torch.fft.rfftfreq(16000, 1 / 16000)
+    mid = _band_db(out, f, 1000, 2500)
+    tel = d["telephone"]
+    assert 0 < int(tel.sum()) < 64
+    # telephone rows: little below 150 Hz or above 5 kHz (white input is flat)
+    assert (_band_db(out[tel], f, 20, 150) < mid[tel] - 15).all()
+    assert (_band_db(out[tel], f, 5000, 8000) < mid[tel] - 15).all()
+    # wideband rows cut where their low-pass edge says
+    wide = ~tel & (d["lowpass"] < 5000)
+    assert wide.any()
+    for i in wide.nonzero().squeeze(1).tolist():
+        edge = float(d["lowpass"][i])
+        above = _band_db(out[i:i + 1], f, min(edge * 1.3, 7000), 8000)
+        assert above < mid[i] - 12, (edge, float(above), float(mid[i]))
+    # μ-law: at most 256 levels of a row's peak-normalised samples
+    q = mulaw(x[:2])
+    levels = torch.unique(torch.round(q[0] / q[0].abs().max() * 1e5))
+    assert len(levels) <= 256 and not torch.equal(q, x[:2])
+    with pytest.raises(ConfigError, match="channel_prob"):
+        AugmentConfig(channel_prob=1.5).validate()

@@ -121,7 +121,8 @@ def test_layout(tiny):
     record = json.loads((out / "corpus.json").read_text())
     assert record["config"]["seed"] == 7
     speakers = {}
-    for split, n_spk in (("train", cfg.n_train_speakers), ("test", cfg.n_test_speakers)):
+    for split, n_spk in (("train", cfg.n_train_speakers), ("test", cfg.n_test_speakers),
+                         ("dev", cfg.n_dev_speakers)):
         d = out / split
         scp = _read_lines(d / "wav.scp")
         utts = [u for u, _ in scp]
@@ -150,16 +151,19 @@ def test_layout(tiny):
         assert np.allclose(np.linalg.norm(visual, axis=1), 1, atol=1e-5)
         assert record["summary"][split]["utterances"] == len(utts)
     assert not speakers["train"] & speakers["test"]
+    assert not speakers["dev"] & (speakers["train"] | speakers["test"])
 
 
-def test_trials(tiny):
+@pytest.mark.parametrize("split", ["test", "dev"])
+def test_trials(tiny, split):
     out, cfg = tiny
-    test_utts = {u for u, _ in _read_lines(out / "test" / "wav.scp")}
-    trials = _read_lines(out / "test" / "trials")
-    assert len(trials) == cfg.n_trials
+    n_trials = cfg.n_trials if split == "test" else cfg.n_dev_trials
+    test_utts = {u for u, _ in _read_lines(out / split / "wav.scp")}
+    trials = _read_lines(out / split / "trials")
+    assert len(trials) == n_trials
     labels = [label for _, _, label in trials]
     assert set(labels) == {"target", "nontarget"}
-    assert labels.count("target") == cfg.n_trials // 2
+    assert labels.count("target") == n_trials // 2
     pairs = set()
     for enroll, test, label in trials:
         assert enroll in test_utts and test in test_utts
@@ -177,13 +181,27 @@ def test_same_seed_same_files_any_workers(tiny, tmp_path):
     espeak.synthesize(SENTENCE, "en-gb-scotland+f2")  # whatever this process did before
     again = tmp_path / "again"
     synthesize(again, SynthConfig.preset("tiny", seed=7, workers=1), progress=False)
-    for split in ("train", "test"):
+    for split in ("train", "test", "dev"):
         names = ["wav.scp", "utt2spk", "spk2utt", "visual.npy", "visual_utts.txt"]
-        names += ["trials"] if split == "test" else []
+        names += ["trials"] if split != "train" else []
         for name in names:
             assert (out / split / name).read_bytes() == (again / split / name).read_bytes(), name
         for utt, rel in _read_lines(out / split / "wav.scp"):
             assert (out / split / rel).read_bytes() == (again / split / rel).read_bytes(), utt
+
+
+def test_the_dev_split_leaves_train_and_test_as_they_were(tiny, tmp_path):
+    """Dev speakers come after the test speakers and draw their trials from a stream of
+    their own: a corpus without a dev split has the same train and test files."""
+    out, cfg = tiny
+    plain = tmp_path / "plain"
+    synthesize(plain, SynthConfig.preset("tiny", seed=7, n_dev_speakers=0), progress=False)
+    assert not (plain / "dev").exists()
+    for split in ("train", "test"):
+        for name in ["wav.scp", "utt2spk", "visual.npy"] + (["trials"] if split == "test" else []):
+            assert (out / split / name).read_bytes() == (plain / split / name).read_bytes(), (split, name)
+    first_dev = cfg.n_train_speakers + cfg.n_test_speakers + 1
+    assert _read_lines(out / "dev" / "spk2utt")[0][0] == f"spk{first_dev:04d}"
 
 
 def test_other_seed_other_corpus(tiny, tmp_path):

@@ -23,12 +23,13 @@ domain adds comes from a stream of its own, so default corpora are unchanged bit
 Layout (a contract other modules rely on)::
 
     DIR/corpus.json                      config + summary (written last)
-    DIR/train/  DIR/test/                data folders, disjoint speakers:
+    DIR/train/  DIR/test/  DIR/dev/      data folders, disjoint speakers (dev: labelled, for
+                                         choosing settings; its speakers come after test's):
         wav.scp                          utt wav/spk0001/sess2_utt03.wav (relative)
         utt2spk  spk2utt  utt2dur        (utt2dur: exact lengths, so training reads no header)
         visual.npy  visual_utts.txt      (n, visual_dim) float32 rows and their utts
         wav/spk0001/sess2_utt03.wav      16 kHz 16-bit PCM
-    DIR/test/trials                      enroll test target|nontarget
+    DIR/test/trials  DIR/dev/trials      enroll test target|nontarget
 
 Everything is drawn from random generators seeded by ``(seed, speaker, session,
 utterance)``, so a seed gives the same files bit for bit whatever ``workers`` is.
@@ -60,7 +61,7 @@ SAMPLE_RATE = 16000
 FORMAT_VERSION = 1
 
 # Streams of the seed tree: SeedSequence([seed, STREAM, ...]).
-_SPEAKER, _SESSION, _UTTERANCE, _FACE_ID, _FACE_SESSION, _FACE_UTT, _TRIALS, _POSE, _CHANNEL = range(9)
+_SPEAKER, _SESSION, _UTTERANCE, _FACE_ID, _FACE_SESSION, _FACE_UTT, _TRIALS, _POSE, _CHANNEL, _DEV_TRIALS = range(10)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class SynthConfig:
     visual_missing: float = 0.15  # fraction of utterances without a face embedding
     visual_noise: float = 1.0  # face-proxy difficulty: scales session pose/lighting and utterance noise (1: face-only EER ~10 % on the default test trials; 1.4: ~24 %)
     n_trials: int = 20000  # test trials, half target (cross-session), half non-target
+    n_dev_speakers: int = 40  # labelled development speakers in DIR/dev (disjoint from train and test): recipe settings are chosen on their trials, never on the test trials; 0: no dev split
+    n_dev_trials: int = 8000  # dev trials, half target (cross-session), half non-target
     snr_db: tuple[float, float] = (5.0, 30.0)  # range of a session's additive-noise SNR
     reverb_prob: float = 0.7  # probability that a session is reverberant
     rt60_s: tuple[float, float] = (0.15, 0.9)  # range of a reverberant session's RT60
@@ -121,20 +124,27 @@ class SynthConfig:
             raise ConfigError(f"domain: unknown domain '{self.domain}' (known: {', '.join(DOMAINS)})")
         if self.workers < 0:
             raise ConfigError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
-        if self.n_trials < 2:
-            raise ConfigError(f"n_trials: need at least 2, got {self.n_trials}")
-        available = self.n_test_speakers * self.utts_per_session ** 2 * (
+        if self.n_dev_speakers == 1 or self.n_dev_speakers < 0:
+            raise ConfigError(f"n_dev_speakers: 0 (no dev split) or at least 2, got {self.n_dev_speakers}")
+        self._check_trials("n_trials", self.n_trials, self.n_test_speakers, "test")
+        if self.n_dev_speakers:
+            self._check_trials("n_dev_trials", self.n_dev_trials, self.n_dev_speakers, "dev")
+
+    def _check_trials(self, key: str, n_trials: int, n_speakers: int, split: str) -> None:
+        if n_trials < 2:
+            raise ConfigError(f"{key}: need at least 2, got {n_trials}")
+        available = n_speakers * self.utts_per_session ** 2 * (
             self.sessions_per_speaker * (self.sessions_per_speaker - 1) // 2)
-        if self.n_trials // 2 > available:
-            raise ConfigError(f"n_trials: {self.n_trials} asks for {self.n_trials // 2} target "
-                              f"trials but the test set has only {available} cross-session pairs")
+        if n_trials // 2 > available:
+            raise ConfigError(f"{key}: {n_trials} asks for {n_trials // 2} target "
+                              f"trials but the {split} set has only {available} cross-session pairs")
         per_spk = self.sessions_per_speaker * self.utts_per_session
-        n_utts = self.n_test_speakers * per_spk
-        same_speaker = self.n_test_speakers * per_spk * (per_spk - 1) // 2
+        n_utts = n_speakers * per_spk
+        same_speaker = n_speakers * per_spk * (per_spk - 1) // 2
         different = n_utts * (n_utts - 1) // 2 - same_speaker
-        if self.n_trials - self.n_trials // 2 > different:
-            raise ConfigError(f"n_trials: {self.n_trials} asks for more non-target trials than "
-                              f"the {different} pairs of different test speakers")
+        if n_trials - n_trials // 2 > different:
+            raise ConfigError(f"{key}: {n_trials} asks for more non-target trials than "
+                              f"the {different} pairs of different {split} speakers")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SynthConfig:
@@ -144,10 +154,10 @@ class SynthConfig:
         presets = {
             "default": {},
             "quick": dict(n_train_speakers=40, n_test_speakers=20, min_utt_seconds=1.5,
-                          max_utt_seconds=3.0, n_trials=4000),
+                          max_utt_seconds=3.0, n_trials=4000, n_dev_speakers=10, n_dev_trials=2000),
             "tiny": dict(n_train_speakers=6, n_test_speakers=4, sessions_per_speaker=2,
                          utts_per_session=3, min_utt_seconds=0.8, max_utt_seconds=1.2,
-                         n_trials=40, workers=2),
+                         n_trials=40, n_dev_speakers=2, n_dev_trials=20, workers=2),
         }
         if name not in presets:
             raise ConfigError(f"unknown corpus preset '{name}' (known: {', '.join(presets)})")
@@ -798,7 +808,7 @@ def write_visual_view(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
     record = json.loads((corpus_dir / "corpus.json").read_text())
     cfg = from_dict(SynthConfig, {**record["config"], "visual_noise": float(visual_noise)})
     summary = {}
-    for split in ("train", "test"):
+    for split in [s for s in ("train", "test", "dev") if (corpus_dir / s / "utt2spk").is_file()]:
         rows = []
         for line in (corpus_dir / split / "utt2spk").read_text().splitlines():
             utt, spk = line.split()
@@ -814,15 +824,18 @@ def write_visual_view(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 # --------------------------------------------------------------------------- trials
 
-def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """Test trials: half same-speaker pairs from different sessions, half different speakers.
+def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]], split: str = "test"
+                ) -> list[tuple[str, str, int]]:
+    """Trials of the test (or dev) split: half same-speaker pairs from different sessions,
+    half different speakers.
 
     ``utts`` holds ``(utt, speaker, session)``. Pairs are unordered and never repeated;
-    the draw depends only on the seed.
+    the draw depends only on the seed (each split its own stream).
     """
-    rng = _seq(cfg.seed, _TRIALS, *DOMAINS[cfg.domain].trial_key)
-    n_target = cfg.n_trials // 2
-    n_nontarget = cfg.n_trials - n_target
+    stream, n_trials = (_TRIALS, cfg.n_trials) if split == "test" else (_DEV_TRIALS, cfg.n_dev_trials)
+    rng = _seq(cfg.seed, stream, *DOMAINS[cfg.domain].trial_key)
+    n_target = n_trials // 2
+    n_nontarget = n_trials - n_target
     spk = np.unique([u[1] for u in utts], return_inverse=True)[1]
     sess = np.array([u[2] for u in utts])
     targets = []
@@ -833,15 +846,15 @@ def make_trials(cfg: SynthConfig, utts: list[tuple[str, str, int]]) -> list[tupl
         targets.append(np.stack([members[i][cross], members[j][cross]], axis=1))
     targets = np.concatenate(targets)
     if n_target > len(targets):
-        raise ConfigError(f"n_trials: {cfg.n_trials} needs {n_target} target trials, the test "
+        raise ConfigError(f"trials: {n_trials} need {n_target} target trials, the {split} "
                           f"set has {len(targets)} cross-session pairs")
     pairs = [(int(a), int(b), 1) for a, b in targets[np.sort(rng.choice(len(targets), n_target,
                                                                         replace=False))]]
     counts = np.bincount(spk)
     possible = len(utts) * (len(utts) - 1) // 2 - int(np.sum(counts * (counts - 1) // 2))
     if n_nontarget > possible:
-        raise ConfigError(f"n_trials: {cfg.n_trials} needs {n_nontarget} non-target trials, the "
-                          f"test set has {possible} pairs of different speakers")
+        raise ConfigError(f"trials: {n_trials} need {n_nontarget} non-target trials, the "
+                          f"{split} set has {possible} pairs of different speakers")
     seen: set[tuple[int, int]] = set()
     while len(seen) < n_nontarget:  # rejection sampling of unordered pairs
         draw = rng.integers(0, len(utts), size=(2 * (n_nontarget - len(seen)) + 16, 2))
@@ -891,11 +904,14 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").unlink(missing_ok=True)  # present only once complete
     start = time.perf_counter()
-    n_total = cfg.n_train_speakers + cfg.n_test_speakers
+    n_total = cfg.n_train_speakers + cfg.n_test_speakers + cfg.n_dev_speakers
     width = max(4, len(str(n_total)))
     domain = DOMAINS[cfg.domain]
+    first_dev = cfg.n_train_speakers + cfg.n_test_speakers + 1  # after test: train and test stay as they were
     splits = {"train": range(1, cfg.n_train_speakers + 1),
-              "test": range(cfg.n_train_speakers + 1, n_total + 1)}
+              "test": range(cfg.n_train_speakers + 1, first_dev)}
+    if cfg.n_dev_speakers:
+        splits["dev"] = range(first_dev, n_total + 1)
     jobs, where = [], {}
     for split, numbers in splits.items():
         (out / split).mkdir(exist_ok=True)
@@ -931,8 +947,8 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
         summary[split] = {"speakers": len(spks), "utterances": len(utts),
                           "hours": round(seconds / 3600, 4),
                           "visual_coverage": round(len(ids) / max(1, len(utts)), 4)}
-        if split == "test":
-            trials = make_trials(cfg, [(r[0], spk, r[2]) for r, spk in utts])
+        if split in ("test", "dev"):
+            trials = make_trials(cfg, [(r[0], spk, r[2]) for r, spk in utts], split)
             write_lines(d / "trials", [f"{a} {b} {'target' if y else 'nontarget'}"
                                        for a, b, y in trials])
             summary[split]["trials"] = len(trials)

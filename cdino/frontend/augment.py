@@ -1,8 +1,9 @@
-"""Batched data augmentation for speaker embeddings: reverberation and additive noise.
+"""Batched data augmentation for speaker embeddings: reverberation, additive noise and channel.
 
 Each crop of a batch independently gets nothing, reverberation, additive noise, or
 reverberation then noise, with the configured probabilities (and optionally a speed
-perturbation first). Everything runs on the batch's device with index arithmetic:
+perturbation first and a channel last). Everything runs on the batch's device with index
+arithmetic:
 
 * reverberation — FFT convolution with a room impulse response (RIR) drawn from a bank,
   the RIR normalised to unit energy (or to its direct-path peak), the output aligned
@@ -12,7 +13,14 @@ perturbation first). Everything runs on the batch's device with index arithmetic
   category's range (noise 0–15, speech 10–30, music 5–15 dB, computed from each item's
   powers); ``speech`` is babble: the sum of 3–7 clips, each at unit power;
 * speed perturbation — resampling by linear interpolation (0.9 / 1.0 / 1.1), cut or
-  zero-padded back to the input length; off by default.
+  zero-padded back to the input length; off by default;
+* channel — what a microphone, a line and a codec do to a recording: band limits
+  (a random high-pass and low-pass, or a telephone band of about 300–3400 Hz followed by
+  8-bit μ-law companding) and a random equaliser (low shelf, high shelf and a peak, each
+  within ±``channel_eq_db``), applied in the frequency domain; off by default
+  (``channel_prob``). Crops cut from one recording share its channel, so a
+  self-supervised objective that pairs them can match channels instead of voices;
+  a different channel per crop takes that shortcut away.
 
 Banks come from the ``cdino prepare musan`` / ``cdino prepare rirs`` folders
 (:meth:`AugmentBanks.from_dirs`) or are simulated (:meth:`AugmentBanks.simulated`:
@@ -28,6 +36,7 @@ augmented are computed; on an accelerator all rows are computed and selected wit
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +68,11 @@ class AugmentConfig:
     rir_norm: Literal["energy", "peak"] = "energy"  # RIRs scaled to unit energy or to a unit direct-path peak
     speed_perturb: bool = False  # resample each crop by a speed drawn from `speeds`
     speeds: tuple[float, ...] = (0.9, 1.0, 1.1)  # speed factors, drawn uniformly
+    channel_prob: float = 0.0  # probability of a random channel (band limits, equaliser, maybe a telephone band and μ-law), applied last
+    channel_telephone: float = 0.3  # share of those channels that are telephone: 250–400 Hz to 3.0–3.6 kHz band and μ-law
+    channel_highpass_hz: tuple[float, float] = (20.0, 250.0)  # range of the high-pass edge of a wideband channel
+    channel_lowpass_hz: tuple[float, float] = (3500.0, 8000.0)  # range of the low-pass edge of a wideband channel (8000: none at 16 kHz)
+    channel_eq_db: float = 6.0  # largest gain of the channel's equaliser sections (low shelf, high shelf, one peak)
 
     def validate(self) -> None:
         probs = (self.reverb_prob, self.noise_prob, self.reverb_noise_prob)
@@ -82,6 +96,15 @@ class AugmentConfig:
             raise ConfigError(f"speeds: need at least one positive factor, got {self.speeds}")
         if self.rir_norm not in ("energy", "peak"):
             raise ConfigError(f"rir_norm: {self.rir_norm!r} is not one of 'energy', 'peak'")
+        for name in ("channel_prob", "channel_telephone"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("channel_highpass_hz", "channel_lowpass_hz"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi:
+                raise ConfigError(f"{name}: need 0 <= low <= high, got {[lo, hi]}")
+        if not 0.0 <= self.channel_eq_db <= 24.0:
+            raise ConfigError(f"channel_eq_db: must lie in [0, 24], got {self.channel_eq_db}")
 
     def snr_range(self, category: str) -> tuple[float, float]:
         return getattr(self, f"{category}_snr")
@@ -394,6 +417,55 @@ def speed_perturb(wave: Tensor, speed: Tensor) -> Tensor:
     return torch.where(pos <= n - 1, out, torch.zeros_like(out))  # zero past the input's end
 
 
+def _shelf(f: Tensor, corner: Tensor, gain_db: Tensor, high: bool) -> Tensor:
+    """dB response of a first-order shelf at ``corner`` Hz reaching ``gain_db`` above it
+    (``high``) or below it."""
+    ratio = (f / corner[:, None]) ** 2
+    weight = ratio / (1.0 + ratio) if high else 1.0 / (1.0 + ratio)
+    return gain_db[:, None] * weight
+
+
+def channel_gain(f: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """Magnitude response ``(rows, len(f))`` of each row's channel: Butterworth-like edges
+    (4th-order high-pass, 8th-order low-pass) times an equaliser (low shelf at 200 Hz, high shelf at 2 kHz, one
+    peak of an octave's width) in dB."""
+    high_pass = (f / p["highpass"][:, None]) ** 8
+    high_pass = high_pass / (1.0 + high_pass)
+    low_pass = 1.0 / (1.0 + (f / p["lowpass"][:, None]) ** 16)
+    octaves = torch.log2(f.clamp_min(1.0) / p["peak_hz"][:, None])
+    eq_db = (_shelf(f, torch.full_like(p["lowpass"], 200.0), p["low_db"], high=False)
+             + _shelf(f, torch.full_like(p["lowpass"], 2000.0), p["high_db"], high=True)
+             + p["peak_db"][:, None] * torch.exp(-2.0 * octaves ** 2))
+    return (high_pass * low_pass).sqrt() * 10.0 ** (eq_db / 20.0)
+
+
+def mulaw(wave: Tensor, levels: int = 256) -> Tensor:
+    """8-bit μ-law companding and back (μ = 255), as a G.711 line: quantisation noise
+    that follows the signal's level. Rows are scaled to a peak of 1 and back."""
+    peak = wave.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+    mu = float(levels - 1)
+    y = torch.sign(wave) * torch.log1p(mu * (wave / peak).abs()) / math.log1p(mu)
+    y = torch.round(y * (levels // 2 - 1)) / (levels // 2 - 1)
+    return torch.sign(y) * ((1.0 + mu) ** y.abs() - 1.0) / mu * peak
+
+
+def apply_channel(wave: Tensor, p: dict[str, Tensor], sample_rate: int = 16000) -> Tensor:
+    """Each row of ``wave (B, T)`` through its channel (:func:`channel_gain`; the telephone
+    rows then through μ-law and the line's band again, so the codec's noise stays in the
+    band as it would at 8 kHz), filtered in the frequency domain; the output keeps the
+    input's RMS level."""
+    n = wave.shape[-1]
+    size = _fft_size(n)
+    f = torch.fft.rfftfreq(size, 1.0 / sample_rate).to(wave.device)
+    gain = channel_gain(f, p)
+    out = torch.fft.irfft(torch.fft.rfft(wave, size) * gain, size)[:, :n]
+    if bool(p["telephone"].any()):  # the codec's noise stays in the line's band, as at 8 kHz
+        coded = torch.fft.irfft(torch.fft.rfft(mulaw(out), size) * (gain > 0.1), size)[:, :n]
+        out = torch.where(p["telephone"][:, None], coded, out)
+    level = torch.linalg.vector_norm(wave, dim=-1) / torch.linalg.vector_norm(out, dim=-1).clamp_min(1e-10)
+    return out * level[:, None]
+
+
 def _apply_rows(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor], compact: bool) -> Tensor:
     """``x`` with the rows where ``mask`` is set replaced by ``fn(rows, row_indices)``.
 
@@ -526,7 +598,23 @@ class Augmenter(nn.Module):
             "speed": self.speeds[speed_index] if self.cfg.speed_perturb else torch.ones(batch, device=device),
             "u_clip": u[6:6 + k].t(),
             "u_offset": u[6 + k:].t(),
+            **(self._draw_channel(batch, device, generator) if self.cfg.channel_prob > 0 else {}),
         }
+
+    def _draw_channel(self, batch: int, device: torch.device, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Each row's channel (a second draw of ``generator``, made only when channels are on,
+        so the other draws stay what they were without them)."""
+        c = self.cfg
+        u = _uniform((8, batch), generator, device)
+        telephone = u[1] < c.channel_telephone
+        span = lambda r, lo, hi: lo + r * (hi - lo)  # noqa: E731
+        highpass = torch.where(telephone, span(u[2], 250.0, 400.0), span(u[2], *c.channel_highpass_hz))
+        lowpass = torch.where(telephone, span(u[3], 3000.0, 3600.0), span(u[3], *c.channel_lowpass_hz))
+        eq = lambda r: (2.0 * r - 1.0) * c.channel_eq_db  # noqa: E731
+        return {"channel": u[0] < c.channel_prob, "telephone": telephone,
+                "highpass": highpass.clamp_min(1.0), "lowpass": lowpass.clamp_min(highpass + 100.0),
+                "low_db": eq(u[4]), "high_db": eq(u[5]), "peak_db": eq(u[6]),
+                "peak_hz": 2.0 ** span(u[7], math.log2(300.0), math.log2(5000.0))}
 
     def forward(self, wave: Tensor, generator: torch.Generator | None = None,
                 return_info: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -549,6 +637,10 @@ class Augmenter(nn.Module):
             elif self.categories:  # all rows; the gain of rows without noise is zero
                 every = torch.arange(x.shape[0], device=x.device)
                 x = add_noise(x, self._noise(every, d, n, False), d["snr_db"], where=d["noise"])
+            if "channel" in d:
+                keys = ("telephone", "highpass", "lowpass", "low_db", "high_db", "peak_db", "peak_hz")
+                x = _apply_rows(x, d["channel"], lambda rows, i: apply_channel(
+                    rows, {k: d[k][i] for k in keys}), compact)
         out = x.to(wave.dtype)
         if return_info:
             return out, {k: v for k, v in d.items() if not k.startswith("u_")}
