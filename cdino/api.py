@@ -40,7 +40,6 @@ from cdino.eval.model_folder import (CONFIG_FILE, FORMAT_VERSION, MEAN_FILE, WEI
                                      save_model_folder)
 from cdino.eval.verification import average_enrolment
 from cdino.frontend.fbank import Fbank
-from cdino.metrics import bayes_threshold
 
 PathLike = str | os.PathLike
 Audio = PathLike | np.ndarray | torch.Tensor
@@ -148,13 +147,13 @@ class SpeakerModel:
         self.encoder = encoder.to(self.device).eval()
         self.fbank = Fbank(config.fbank).to(self.device).eval()
         self.mean = np.asarray(mean, dtype=np.float32)
-        self.threshold = float(config.threshold)
-        self.threshold_source = config.threshold_source
+        self.calibration = calibration
+        self.eer_threshold = float(config.threshold)  # the folder's label-free EER threshold
+        self.threshold, self.threshold_source = self.decision_threshold()
         self.embed_dim = int(config.embed_dim)
         self.sample_rate = int(config.fbank.sample_rate)
         self.min_samples = _min_samples(self.fbank)  # shortest wave (model rate) that gets an embedding
         self.path = path
-        self.calibration = calibration
 
     def __repr__(self) -> str:
         return (f"SpeakerModel({self.config.encoder.name}, {self.embed_dim}-d, "
@@ -284,15 +283,28 @@ class SpeakerModel:
         cal = self._need_calibration()
         return float(cal.llr(self.score(a, b, sample_rate)))
 
+    def decision_threshold(self, prior: float | None = None) -> tuple[float, str]:
+        """The cosine score at and above which a trial is *same*, and how it was set — the
+        one rule that ``verify``, ``score``, ``eval`` and this API share: with a calibration,
+        where its LLR reaches the Bayes threshold ``-logit(prior)`` (``prior``: the
+        probability of *same* before listening, default ``VERIFY_PRIOR`` = 0.5); without
+        one, the folder's label-free EER threshold (``prior`` then needs a calibration)."""
+        if self.calibration is not None:
+            p = VERIFY_PRIOR if prior is None else float(prior)
+            return (float(self.calibration.score_threshold(p)),
+                    f"calibrated Bayes threshold at prior {p:g} ({self.calibration.source or 'calibration.json'})")
+        if prior is not None:
+            self._need_calibration()
+        return self.eer_threshold, self.config.threshold_source
+
     def verify(self, a: Side, b: Side, sample_rate: int | None = None,
                prior: float | None = None) -> tuple[float, bool]:
         """``(score, same_speaker)``; inputs as in :meth:`score`. Same when the score reaches
-        :attr:`threshold`, or, with ``prior`` (the probability of *same* before listening),
-        when the calibrated LLR reaches the Bayes threshold ``-logit(prior)``."""
+        :attr:`threshold` (:meth:`decision_threshold`), or with ``prior`` the calibrated
+        threshold for that prior."""
         s = self.score(a, b, sample_rate)
-        if prior is None:
-            return s, s >= self.threshold
-        return s, bool(self._need_calibration().llr(s) >= bayes_threshold(prior))
+        threshold = self.threshold if prior is None else self.decision_threshold(prior)[0]
+        return s, s >= threshold
 
     def with_threshold(self, threshold: float) -> "SpeakerModel":
         """A copy (sharing the encoder) that decides with another threshold."""

@@ -188,7 +188,8 @@ def cmd_calibrate(args) -> int:
     from cdino.verbs import run_calibrate
 
     run_calibrate(args.model, args.data, args.trials, prior=args.prior, enroll=args.enroll,
-                  device=_device(args.device), num_workers=args.workers)
+                  device=_device(args.device), num_workers=args.workers, clusters=args.clusters,
+                  recentre=args.recentre)
     return 0
 
 
@@ -354,13 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("calibrate", help="fit the model's score calibration (cosine -> LLR) from "
-                                         "labelled development trials")
+                                         "labelled development trials, or without labels on your data")
     s.add_argument("--model", required=True, help="model folder (EXP/model); calibration.json is "
                                                   "written into it")
-    s.add_argument("--data", required=True, help="data folder (wav.scp) holding the trial utterances")
-    s.add_argument("--trials", required=True,
+    s.add_argument("--data", required=True, help="data folder (wav.scp): the trial utterances, or (no "
+                                                 "--trials) unlabelled recordings of the domain to calibrate for")
+    s.add_argument("--trials",
                    help="labelled development trials: 'enroll test target|nontarget' or '1|0 enroll "
-                        "test' lines (never the test list you report on)")
+                        "test' lines (never the test list you report on); without: label-free, from "
+                        "k-means pseudo labels of --data")
+    s.add_argument("--clusters", type=int, default=0, metavar="K",
+                   help="label-free: k-means clusters (default: one per 8 utterances)")
+    s.add_argument("--recentre", action="store_true",
+                   help="label-free: also replace the model's mean embedding by --data's")
     s.add_argument("--enroll", metavar="MAP", help="enrolment map, as for cdino eval --enroll")
     s.add_argument("--prior", type=float, default=0.5,
                    help="effective target prior the fit weights the trials with (default 0.5)")

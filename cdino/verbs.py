@@ -23,7 +23,7 @@ from cdino.eval.calibration import CALIBRATION_FILE, DEFAULT_PRIOR, Calibration,
 from cdino.eval.embed import DEFAULT_BATCH_FRAMES, DEFAULT_SHARD_SIZE, extract_embeddings, load_embeddings
 from cdino.eval.verification import ASNormConfig, score_enrolled_trials, score_trials
 from cdino.eval.model_folder import read_model_config, save_model_folder
-from cdino.metrics import act_dcf, bayes_threshold, cllr, eer, min_cllr, min_dcf, small_trial_list_warning
+from cdino.metrics import act_dcf, cllr, eer, min_cllr, min_dcf, small_trial_list_warning
 
 #: How an imported model's ``threshold_source`` starts: no data has set its threshold yet.
 UNSET_THRESHOLD = "unset"
@@ -96,6 +96,18 @@ def calibration_metrics(scores: np.ndarray, labels: np.ndarray, calibration: Cal
     return out, None
 
 
+def _decision_rates(scores: np.ndarray, labels: np.ndarray, model: SpeakerModel, asnorm: bool) -> dict:
+    """The decisions ``cdino verify`` and ``cdino score`` would make on these trials — the
+    model's one rule (:meth:`SpeakerModel.decision_threshold`) — as miss and false-alarm
+    rates (``null`` for AS-norm scores, which the threshold does not apply to)."""
+    if asnorm:
+        return {"decision_threshold": None, "miss_rate": None, "false_alarm_rate": None}
+    same = scores >= model.threshold
+    tar = labels.astype(bool)
+    return {"decision_threshold": float(model.threshold), "miss_rate": float((~same[tar]).mean()),
+            "false_alarm_rate": float(same[~tar].mean())}
+
+
 def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, json_out: PathLike,
              scores_out: PathLike | None = None, plots_dir: PathLike | None = None,
              asnorm_top_n: int | None = None, cohort: PathLike | None = None,
@@ -149,6 +161,7 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
               "mindcf_0.01": float(min_dcf(scores, labels, 0.01)),
               "mindcf_0.05": float(min_dcf(scores, labels, 0.05)),
               **cal_metrics,
+              **_decision_rates(scores, labels, model, asnorm is not None),
               "n_trials": int(len(scores))}
     prefix = f"[{label}] " if label else ""
     print(f"{prefix}EER {100 * result['eer']:.2f} %  "
@@ -183,10 +196,11 @@ def run_verify(model_dir: PathLike, a: PathLike | Sequence[PathLike], b: PathLik
     JSON object ``{"score", "threshold", "decision", "llr", "prior", "warnings", "a", "b"}``.
 
     ``a`` is one enrolment file or a list of them (scored as in :meth:`SpeakerModel.score`).
-    The decision: with ``threshold``, ``score >= threshold``; else, for a calibrated model,
-    the Bayes decision ``llr >= -logit(prior)`` (``prior`` defaults to ``VERIFY_PRIOR``,
-    0.5), printed as the equivalent cosine ``threshold``; else ``score >=`` the model's
-    threshold (``llr``/``prior`` are then left out of the line, ``null`` in JSON).
+    The decision: with ``threshold``, ``score >= threshold``; else the model's one rule
+    (:meth:`SpeakerModel.decision_threshold`): for a calibrated model the Bayes decision
+    ``llr >= -logit(prior)`` (``prior`` defaults to ``VERIFY_PRIOR``, 0.5), printed as the
+    equivalent cosine ``threshold``; else ``score >=`` the folder's label-free threshold
+    (``llr``/``prior`` are then left out of the line, ``null`` in JSON).
     A clip too short for an embedding raises :class:`AudioError` naming it; a clip under
     ``MIN_VERIFY_SECONDS`` or mostly silence gets a ``warning:`` line on stderr."""
     if threshold is not None and prior is not None:
@@ -213,13 +227,14 @@ def run_verify(model_dir: PathLike, a: PathLike | Sequence[PathLike], b: PathLik
     if cal is not None:
         llr = float(cal.llr(score))
     if threshold is not None:
-        shown, same = float(threshold), score >= float(threshold)
-    elif cal is not None:
-        used_prior = VERIFY_PRIOR if prior is None else float(prior)
-        shown, same = cal.score_threshold(used_prior), llr >= bayes_threshold(used_prior)
-    else:
-        _warn_unset_threshold(model, model_dir)
-        shown, same = model.threshold, score >= model.threshold
+        shown = float(threshold)
+    else:  # the one rule of SpeakerModel.decision_threshold, shared with score, eval and the API
+        if cal is not None:
+            used_prior = VERIFY_PRIOR if prior is None else float(prior)
+        else:
+            _warn_unset_threshold(model, model_dir)
+        shown = model.decision_threshold(prior)[0]
+    same = score >= shown
     decision = "same" if same else "different"
     if as_json:
         line = json.dumps({"score": score, "threshold": shown, "decision": decision, "llr": llr,
@@ -243,17 +258,28 @@ def _warn_unset_threshold(model: SpeakerModel, model_dir: PathLike) -> None:
               "decide with --threshold, or fit a calibration with cdino calibrate", where=model_dir)
 
 
-def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike,
+def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike | None = None,
                   prior: float = DEFAULT_PRIOR, enroll: PathLike | None = None, device: str = "cpu",
                   batch_seconds: float = DEFAULT_BATCH_FRAMES / 100, progress: bool = True,
-                  num_workers: int = 0) -> Calibration:
-    """``cdino calibrate``: (re)fit the model folder's calibration from a labelled development
-    trial list (scored exactly as ``cdino eval`` scores, without AS-norm; ``enroll`` as
-    there), at the effective ``prior``, and write it into the folder as ``calibration.json``
-    (atomically: the old file stays until the new one is complete). Prints the fit and its
-    Cllr on those trials; returns it."""
+                  num_workers: int = 0, clusters: int = 0, recentre: bool = False) -> Calibration:
+    """``cdino calibrate``: (re)fit the model folder's calibration and write it into the folder
+    as ``calibration.json`` (atomically: the old file stays until the new one is complete).
+
+    With ``trials_path``: from that labelled development trial list (scored exactly as
+    ``cdino eval`` scores, without AS-norm; ``enroll`` as there), at the effective ``prior``.
+    Without: **label-free**, on the data folder's own audio (a new domain's unlabelled
+    recordings) — trials built from k-means pseudo labels of its utterances (``clusters``,
+    default one per 8 utterances, an over-estimate of most corpora's speakers), as the
+    export calibrates on the training data. ``recentre`` first replaces the folder's mean
+    embedding by that data's (label-free centring on the new domain). Either way the
+    calibration records the data it was fitted on (``domain``). Prints the fit; returns it."""
     if not 0.0 < prior < 1.0:
         raise ConfigError(f"--prior must lie strictly between 0 and 1, got {prior}")
+    if trials_path is None:
+        return _calibrate_unlabelled(model_dir, data_dir, prior, device, batch_seconds, progress,
+                                     num_workers, clusters, recentre)
+    if recentre:
+        raise ConfigError("--recentre is for label-free calibration (no --trials)")
     data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll)
     model = load_model(model_dir, device=device)
     utts = [u for u in data.utts if u in needed]
@@ -272,10 +298,44 @@ def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike
                               source=f"fitted on {len(labels)} labelled trials of {trials_path}")
     except ValueError as exc:
         raise DataError(f"{trials_path}: {exc}") from None
+    cal.domain = str(data_dir)
     path = write_calibration(Path(model_dir) / CALIBRATION_FILE, cal)
     llr = cal.llr(scores)
     print(f"wrote {path}: {cal.describe()}; on these trials Cllr {cllr(llr, labels):.3f}, "
           f"minCllr {min_cllr(scores, labels):.3f}")
+    return cal
+
+
+def _calibrate_unlabelled(model_dir: PathLike, data_dir: PathLike, prior: float, device: str,
+                          batch_seconds: float, progress: bool, num_workers: int, clusters: int,
+                          recentre: bool) -> Calibration:
+    """:func:`run_calibrate` without labels: pseudo-label trials of ``data_dir``'s utterances."""
+    from cdino.atomic import save_npy
+    from cdino.eval.calibration import pseudo_label_calibration
+    from cdino.eval.model_folder import MEAN_FILE
+    from cdino.pseudo.kmeans import KMeansConfig, cluster
+
+    data = DataDir.load(data_dir)
+    model = load_model(model_dir, device=device)
+    utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device,
+                                   batch_frames=_batch_frames(model, batch_seconds), progress=progress,
+                                   num_workers=num_workers, desc="embedding for label-free calibration")
+    k = clusters or max(2, len(utts) // 8)
+    if len(utts) < 2 * k or k < 2:
+        raise DataError(f"{data_dir}: {len(utts)} utterances are too few for label-free calibration "
+                        f"with {k} clusters (need at least two per cluster)")
+    mean = emb.mean(0).astype(np.float32) if recentre else model.mean
+    labels = cluster(emb - emb.mean(0), KMeansConfig(n_clusters=k, seed=0)).labels
+    try:
+        cal = pseudo_label_calibration(emb, np.asarray(labels), mean, prior=prior)
+    except ValueError as exc:
+        raise DataError(f"{data_dir}: {exc}") from None
+    cal.domain = str(data_dir)
+    if recentre:
+        save_npy(Path(model_dir) / MEAN_FILE, mean)
+    path = write_calibration(Path(model_dir) / CALIBRATION_FILE, cal)
+    print(f"wrote {path}: {cal.describe()}; label-free, {k} clusters of {len(utts)} utterances of {data_dir}"
+          + ("; mean embedding re-estimated on them" if recentre else ""))
     return cal
 
 

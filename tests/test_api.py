@@ -221,7 +221,8 @@ def test_run_eval_writes_json_scores_and_plots(model_dir, tmp_path, capsys):
                      rf"\({n} trials\)$", printed, re.M)
     saved = json.loads((out / "result.json").read_text())
     assert saved == result and set(saved) == {"eer", "mindcf_0.01", "mindcf_0.05", "n_trials", "cllr",
-                                              "min_cllr", "actdcf_0.01", "actdcf_0.05"}
+                                              "min_cllr", "actdcf_0.01", "actdcf_0.05", "decision_threshold",
+                                              "miss_rate", "false_alarm_rate"}
     # no calibration.json in this folder: Cllr / actDCF are null, with a one-line note
     assert saved["cllr"] is None and saved["actdcf_0.01"] is None and 0 < saved["min_cllr"] <= 1
     assert re.search(r"^minCllr \d\.\d{3}  \(Cllr/actDCF not computed: the model has no calibration",
@@ -504,3 +505,42 @@ def test_run_eval_label_prefixes_the_line_and_small_lists_are_warned(model_dir, 
     assert err.startswith(f"warning: {trials}: only 12 target and 54 non-target trials") and err.count("\n") == 1
     run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
     assert capsys.readouterr().out.startswith("EER ")
+
+
+def test_verify_score_eval_and_the_api_decide_by_one_rule(model_dir, tmp_path, capsys):
+    """A calibrated model decides every trial the same way in ``cdino verify``, ``cdino score``,
+    ``SpeakerModel.verify`` and ``cdino eval`` (the calibrated Bayes threshold at prior 0.5),
+    even where its folder's label-free EER threshold would say otherwise."""
+    from cdino.eval.calibration import Calibration, write_calibration
+    from cdino.verbs import run_score, run_verify
+
+    data, trials, _ = make_eval_data(tmp_path)
+    plain = load_model(model_dir)
+    audio = tmp_path / "audio"
+    pairs = [line.split()[:2] for line in trials.read_text().splitlines()]
+    scores = np.array([plain.score(audio / f"{e}.wav", audio / f"{t}.wav") for e, t in pairs])
+    # a calibration whose Bayes threshold lies between the scores, away from the EER threshold 0.25
+    cut = float(np.median(scores))
+    write_calibration(model_dir / "calibration.json", Calibration(a=10.0, b=-10.0 * cut, source="test"))
+    model = load_model(model_dir)
+    assert model.threshold == pytest.approx(cut) and model.eer_threshold == 0.25
+    assert "calibrated Bayes threshold at prior 0.5" in model.threshold_source
+    api = [model.verify(audio / f"{e}.wav", audio / f"{t}.wav")[1] for e, t in pairs]
+    (tmp_path / "pairs").write_text("".join(f"{audio / e}.wav {audio / t}.wav\n" for e, t in pairs))
+    run_score(model_dir, tmp_path / "pairs", tmp_path / "scored", progress=False)
+    scored = [line.split()[3] == "same" for line in (tmp_path / "scored").read_text().splitlines()]
+    verified = []
+    for e, t in pairs[:12]:
+        run_verify(model_dir, audio / f"{e}.wav", audio / f"{t}.wav")
+        verified.append("decision=same" in capsys.readouterr().out)
+    res = run_eval(model_dir, data, trials, tmp_path / "r.json", progress=False)
+    labels = np.array([line.split()[2] == "target" for line in trials.read_text().splitlines()])
+    same = np.array(api)
+    assert scored == api and verified == api[:12]
+    assert res["decision_threshold"] == pytest.approx(cut)
+    assert res["miss_rate"] == pytest.approx((~same[labels]).mean(), abs=1e-9)
+    assert res["false_alarm_rate"] == pytest.approx(same[~labels].mean(), abs=1e-9)
+    assert 0 < same.sum() < len(same) and (same != (scores >= 0.25)).any()  # the rule matters here
+    # another prior moves the calibrated threshold; a model without calibration keeps its own
+    assert model.decision_threshold(0.01)[0] > model.threshold
+    assert plain.threshold == 0.25 and plain.decision_threshold() == (0.25, plain.config.threshold_source)

@@ -124,7 +124,7 @@ def test_calibration_file_round_trip_and_strict_reading(tmp_path):
     write_calibration(path, cal)
     assert read_calibration(path) == cal and not leftovers(tmp_path)
     assert set(json.loads(path.read_text())) == {"a", "b", "prior", "n_target", "n_nontarget",
-                                                 "source", "created"}
+                                                 "source", "created", "domain"}
     for text, match in [('{"a": 1.0, "b": 0.0, "scale": 2}', "unknown key 'scale'"),
                         ('{"b": 0.0}', "key 'a' missing"),
                         ('{"a": "big", "b": 0.0}', "a must be a float"),

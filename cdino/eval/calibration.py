@@ -61,6 +61,7 @@ class Calibration:
     n_nontarget: int = 0  # non-target trials it was fitted on
     source: str = ""  # how it was fitted, in words
     created: str = ""  # when (ISO 8601, UTC)
+    domain: str = ""  # the data it was fitted on (a data folder; "" = the model's training data): scores of other data may need another
 
     def llr(self, scores):
         """LLRs of cosine scores (a float for a float, float64 array for an array)."""
