@@ -90,7 +90,7 @@ def cmd_train(args) -> int:
             cfg = replace(cfg, dino=replace(cfg.dino, init=args.init))
         model = stages.train_dino(cfg, args.data, args.out, method=args.method, resume=args.resume)
     elif args.method == "supervised":
-        model = stages.train_supervised(cfg, args.data, args.out, resume=args.resume)
+        model = stages.train_supervised(cfg, args.data, args.out, resume=args.resume, init=args.init)
     else:
         if not args.init:
             raise_error("--method pseudo needs --init MODEL_DIR (a stage-1 model folder)")
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--recipe/--stage name it")
     s.add_argument("--data", required=True, help="training data folder (wav.scp), or a shard folder (shards.list)")
     s.add_argument("--out", required=True, help="experiment folder")
-    s.add_argument("--init", help="start from a model folder (pseudo: required) or a DINO experiment")
+    s.add_argument("--init", help="start from a model folder (pseudo: required; supervised: its encoder) or a DINO experiment")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s.add_argument("--test-data", help="pseudo: evaluate each round on this data folder (reporting only)")
     s.add_argument("--test-trials", help="pseudo: trials for that evaluation")

@@ -150,3 +150,46 @@ def test_verify_with_an_unavailable_device_is_one_line_error(tmp_path, capsys, m
     assert err.startswith("error: device 'cuda': CUDA is not available") and err.count("\n") == 1
     assert main(["verify", "--model", str(model), "--device", "auto", str(wav), str(wav)]) == 0
     assert capsys.readouterr().out.strip().endswith("decision=same")
+
+
+def _model_folder(path, channels: int, seed: int):
+    """A model folder of an untrained small ECAPA-TDNN (weights from ``seed``)."""
+    import numpy as np
+    import torch
+
+    from cdino.eval.model_folder import save_model_folder
+    from cdino.frontend.fbank import FbankConfig
+    from cdino.models.registry import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(name="ecapa_tdnn_small", channels=channels)
+    torch.manual_seed(seed)
+    encoder = build_encoder(cfg)
+    return save_model_folder(path, encoder, cfg, FbankConfig(), np.zeros(encoder.embed_dim), 0.5, "test")
+
+
+def test_supervised_training_starts_from_init(tiny_data, tmp_path, capsys):
+    from cdino.eval.model_folder import read_model_folder, read_model_info
+
+    init = _model_folder(tmp_path / "init", channels=64, seed=123)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "encoder: {name: ecapa_tdnn_small}\n"
+        "trainer: {epochs: 1, steps_per_epoch: 2, global_batch: 8, progress: false, tensorboard: false, threads: 1}\n"
+        "optim: {name: adamw, lr: 1.0e-6, final_lr: 1.0e-7, lr_scale_with_batch: false, warmup_epochs: 0}\n"
+        "pseudo: {min_seconds: 0.5, max_seconds: 0.5}\n")
+    exp = tmp_path / "exp"
+    assert main(["train", "--method", "supervised", "--init", str(init), "--data", str(tiny_data),
+                 "--out", str(exp), "--config", str(cfg)]) == 0
+    start = read_model_folder(init).encoder.state_dict()
+    trained = read_model_folder(exp / "model").encoder.state_dict()
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert max((trained[k] - start[k]).abs().max().item() for k in weights) < 1e-4  # two tiny steps from init
+    assert read_model_info(exp / "model")["init"] == str(init)
+    assert f"encoder initialised from the model folder {init}" in (exp / "train.log").read_text()
+
+    other = _model_folder(tmp_path / "other", channels=32, seed=0)
+    rc = main(["train", "--method", "supervised", "--init", str(other), "--data", str(tiny_data),
+               "--out", str(tmp_path / "exp2"), "--config", str(cfg)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {other}: the model folder's encoder (ecapa_tdnn_small: C=32")
+    assert "\n" not in err
