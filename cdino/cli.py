@@ -1,7 +1,8 @@
 """The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export /
 calibrate / import / run / demo.
 
-User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2.
+User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2;
+``cdino verify --json`` also prints them as a JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -228,6 +229,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _error_line(exc: Exception) -> str:
+    """The one line a user error prints after ``error:``; an ``OSError`` names its file."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
+        return f"{where}{exc.strerror or exc}".replace("\n", " ")
+    return str(exc)
+
+
+def _error_object(message: str, inputs: list) -> dict:
+    """``{"error": message}``, with ``"file"`` when the message starts by naming one of the
+    command's ``inputs`` (or a file inside one, e.g. a model folder's config.yaml)."""
+    head = message.split(": ", 1)[0]
+    for path in (str(p) for p in inputs if p is not None):
+        if head == path or head.startswith(path.rstrip("/") + "/"):
+            return {"error": message, "file": head}
+    return {"error": message}
+
+
 def raise_error(msg: str):
     from cdino.errors import CdinoError
 
@@ -405,12 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CdinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unwritable output, disk full, ...: one line naming the file
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
-        print(f"error: {where}{exc.strerror or exc}".replace("\n", " "), file=sys.stderr)
+    except (CdinoError, OSError) as exc:  # OSError: unwritable output, disk full, ...
+        message = _error_line(exc)
+        print(f"error: {message}", file=sys.stderr)
+        if args.func is cmd_verify and args.json:  # a program reading the JSON gets an answer too
+            print(json.dumps(_error_object(message, [args.model, *args.files, *(args.enroll or []), args.test])))
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with --resume (or rerun the recipe) to continue",

@@ -193,3 +193,23 @@ def test_supervised_training_starts_from_init(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: {other}: the model folder's encoder (ecapa_tdnn_small: C=32")
     assert "\n" not in err
+
+
+def test_verify_json_answers_an_error_with_a_json_object(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    model = _model_folder(tmp_path / "model", channels=64, seed=0)
+    good = tmp_path / "a.wav"
+    sf.write(good, np.zeros(16000, dtype=np.float32), 16000)
+    missing = tmp_path / "nope.wav"
+    cases = [(["--model", str(model), str(good), str(missing)], str(missing)),
+             (["--model", str(tmp_path / "no_model"), str(good), str(good)], str(tmp_path / "no_model")),
+             (["--model", str(model), str(good)], None)]  # one file: no file at fault
+    for args, file in cases:
+        assert main(["verify", "--json", *args]) == 2
+        out, err = capsys.readouterr()
+        answer = json.loads(out)  # exactly one JSON object on stdout
+        assert err.strip() == f"error: {answer['error']}" and "\n" not in answer["error"]
+        assert answer.get("file") == file
+    assert main(["verify", *cases[0][0]]) == 2 and capsys.readouterr().out == ""  # no --json: stderr only
