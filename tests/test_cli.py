@@ -213,3 +213,20 @@ def test_verify_json_answers_an_error_with_a_json_object(tmp_path, capsys):
         assert err.strip() == f"error: {answer['error']}" and "\n" not in answer["error"]
         assert answer.get("file") == file
     assert main(["verify", *cases[0][0]]) == 2 and capsys.readouterr().out == ""  # no --json: stderr only
+
+
+def test_a_one_class_trial_list_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    model = _model_folder(tmp_path / "model", channels=64, seed=0)
+    target_only = tmp_path / "target_only"
+    target_only.write_text("spk00-u00 spk00-u01 target\nspk01-u00 spk01-u01 target\n")
+    nontarget_only = tmp_path / "nontarget_only"
+    nontarget_only.write_text("spk00-u00 spk01-u01 nontarget\n")
+    for verb, trials, expected in [
+            ("eval", target_only, "EER needs target and non-target trials; all 2 are target"),
+            ("eval", nontarget_only, "EER needs target and non-target trials; all 1 are non-target"),
+            ("calibrate", target_only, "calibration needs target and non-target trials; all 2 are target")]:
+        extra = ["--json", str(tmp_path / "r.json")] if verb == "eval" else []
+        rc = main([verb, "--model", str(model), "--data", str(tiny_data), "--trials", str(trials),
+                   "--device", "cpu", "--workers", "0", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err == f"error: {trials}: {expected}\n"
