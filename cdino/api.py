@@ -218,11 +218,16 @@ class SpeakerModel:
         return emb[0].cpu().numpy().astype(np.float32)
 
     def embed_batch(self, waves: Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
-        """Embeddings ``(N, D)`` float32 of paths or 1-D arrays (arrays at ``sample_rate``,
-        16 kHz when not given). Equal-length inputs run as one batch; results equal
-        :meth:`embed` of each input."""
-        rate = self.sample_rate if sample_rate is None else sample_rate
-        loaded = [self._loaded(w, rate) for w in waves]
+        """Embeddings ``(N, D)`` float32 of paths or 1-D arrays, as :meth:`embed` takes them:
+        arrays at ``sample_rate`` Hz (required when ``waves`` holds any; resampled to the
+        model's rate), paths read and resampled whatever it is. Equal-length inputs run as
+        one batch; results equal :meth:`embed` of each input."""
+        if sample_rate is None:
+            arrays = [i for i, w in enumerate(waves) if not isinstance(w, (str, os.PathLike))]
+            if arrays:
+                raise ValueError(f"sample_rate is required when waves holds arrays (waves[{arrays[0]}] is one; "
+                                 f"e.g. model.embed_batch(waves, sample_rate={self.sample_rate}))")
+        loaded = [self._loaded(w, sample_rate) for w in waves]
         if not loaded:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         emb = embed_waves(self.encoder, self.fbank, loaded, self.device)

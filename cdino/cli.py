@@ -1,7 +1,8 @@
 """The ``cdino`` command: verbs → corpus / prepare / train / embed / eval / verify / score / export /
 calibrate / import / run / demo.
 
-User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2.
+User errors (:class:`cdino.errors.CdinoError`) print one line ``error: ...`` and exit 2;
+``cdino verify --json`` also prints them as a JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def cmd_train(args) -> int:
             cfg = replace(cfg, dino=replace(cfg.dino, init=args.init))
         model = stages.train_dino(cfg, args.data, args.out, method=args.method, resume=args.resume)
     elif args.method == "supervised":
-        model = stages.train_supervised(cfg, args.data, args.out, resume=args.resume)
+        model = stages.train_supervised(cfg, args.data, args.out, resume=args.resume, init=args.init)
     else:
         if not args.init:
             raise_error("--method pseudo needs --init MODEL_DIR (a stage-1 model folder)")
@@ -229,6 +230,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _error_line(exc: Exception) -> str:
+    """The one line a user error prints after ``error:``; an ``OSError`` names its file."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
+        return f"{where}{exc.strerror or exc}".replace("\n", " ")
+    return str(exc)
+
+
+def _error_object(message: str, inputs: list) -> dict:
+    """``{"error": message}``, with ``"file"`` when the message starts by naming one of the
+    command's ``inputs`` (or a file inside one, e.g. a model folder's config.yaml)."""
+    head = message.split(": ", 1)[0]
+    for path in (str(p) for p in inputs if p is not None):
+        if head == path or head.startswith(path.rstrip("/") + "/"):
+            return {"error": message, "file": head}
+    return {"error": message}
+
+
 def raise_error(msg: str):
     from cdino.errors import CdinoError
 
@@ -300,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--recipe/--stage name it")
     s.add_argument("--data", required=True, help="training data folder (wav.scp), or a shard folder (shards.list)")
     s.add_argument("--out", required=True, help="experiment folder")
-    s.add_argument("--init", help="start from a model folder (pseudo: required) or a DINO experiment")
+    s.add_argument("--init", help="start from a model folder (pseudo: required; supervised: its encoder) or a DINO experiment")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s.add_argument("--test-data", help="pseudo: evaluate each round on this data folder (reporting only)")
     s.add_argument("--test-trials", help="pseudo: trials for that evaluation")
@@ -412,12 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CdinoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unwritable output, disk full, ...: one line naming the file
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) and str(exc.filename) not in str(exc) else ""
-        print(f"error: {where}{exc.strerror or exc}".replace("\n", " "), file=sys.stderr)
+    except (CdinoError, OSError) as exc:  # OSError: unwritable output, disk full, ...
+        message = _error_line(exc)
+        print(f"error: {message}", file=sys.stderr)
+        if args.func is cmd_verify and args.json:  # a program reading the JSON gets an answer too
+            print(json.dumps(_error_object(message, [args.model, *args.files, *(args.enroll or []), args.test])))
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command with --resume (or rerun the recipe) to continue",

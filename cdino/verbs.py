@@ -45,12 +45,16 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _trial_inputs(data_dir: PathLike, trials_path: PathLike, enroll: PathLike | None
+def _trial_inputs(data_dir: PathLike, trials_path: PathLike, enroll: PathLike | None, needs: str
                   ) -> tuple[DataDir, Trials, EnrollMap | None, set[str]]:
     """Data folder, trials and enrolment map, checked against each other before any embedding
-    work (errors name the file and line); also the utterances to embed."""
+    work (errors name the file and line); also the utterances to embed. ``needs`` names what
+    the trials are for (``EER``, ``calibration``): a list of one class is an error."""
     data = DataDir.load(data_dir)
     trials = read_trials(trials_path)
+    if trials.labels.min() == trials.labels.max():
+        raise DataError(f"{trials_path}: {needs} needs target and non-target trials; all {len(trials.labels)} "
+                        f"are {'target' if trials.labels[0] else 'non-target'}")
     known = set(data.utts)
     if enroll is None:
         trials.check_utts(known, data_dir)
@@ -136,7 +140,7 @@ def run_eval(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike, jso
     if asnorm_top_n is not None and cohort is None:
         raise ConfigError("AS-norm needs a cohort: an embeddings folder of unlabelled training "
                           "utterances (cdino embed)")
-    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll)  # before any embedding
+    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll, "EER")  # before any embedding
     model = load_model(model_dir, device=device, optimize=optimize)
     utts = [u for u in data.utts if u in needed]
     utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
@@ -280,7 +284,7 @@ def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike
                                      num_workers, clusters, recentre)
     if recentre:
         raise ConfigError("--recentre is for label-free calibration (no --trials)")
-    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll)
+    data, trials, emap, needed = _trial_inputs(data_dir, trials_path, enroll, "calibration")
     model = load_model(model_dir, device=device)
     utts = [u for u in data.utts if u in needed]
     utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device, utts=utts,
@@ -290,9 +294,6 @@ def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike
     scores = _score_trial_list(emb, utts, trials, emap, model.mean)
     labels = np.asarray(trials.labels)
     _warn(small_trial_list_warning(labels), where=trials_path)
-    if labels.min() == labels.max():
-        raise DataError(f"{trials_path}: calibration needs target and non-target trials; all "
-                        f"{len(labels)} are {'target' if labels[0] else 'non-target'}")
     try:
         cal = fit_calibration(scores, labels, prior=prior,
                               source=f"fitted on {len(labels)} labelled trials of {trials_path}")

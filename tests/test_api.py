@@ -109,9 +109,16 @@ def test_embed_path_array_and_resampled_array_agree(model_dir, tmp_path):
         model.embed(x16)
     with pytest.raises(ValueError, match="1-D"):
         model.embed(np.stack([x16, x16]), sample_rate=16000)
-    batch = model.embed_batch([str(path), x16, voice(16000, 200.0)])
+    batch = model.embed_batch([str(path), x16, voice(16000, 200.0)], sample_rate=16000)
     assert batch.shape == (3, 32)
     np.testing.assert_allclose(batch[0], from_path, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch[1], from_array, rtol=1e-5, atol=1e-6)
+    at_8k = model.embed_batch([x8, str(path)], sample_rate=8000)  # arrays resampled; paths whatever the rate
+    np.testing.assert_allclose(at_8k[0], from_8k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(at_8k[1], from_path, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.embed_batch([str(path)])[0], from_path, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"sample_rate is required when waves holds arrays \(waves\[1\]"):
+        model.embed_batch([str(path), x16])
 
 
 def test_score_is_symmetric_bounded_and_uses_the_mean(model_dir, tmp_path):

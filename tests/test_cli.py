@@ -150,3 +150,83 @@ def test_verify_with_an_unavailable_device_is_one_line_error(tmp_path, capsys, m
     assert err.startswith("error: device 'cuda': CUDA is not available") and err.count("\n") == 1
     assert main(["verify", "--model", str(model), "--device", "auto", str(wav), str(wav)]) == 0
     assert capsys.readouterr().out.strip().endswith("decision=same")
+
+
+def _model_folder(path, channels: int, seed: int):
+    """A model folder of an untrained small ECAPA-TDNN (weights from ``seed``)."""
+    import numpy as np
+    import torch
+
+    from cdino.eval.model_folder import save_model_folder
+    from cdino.frontend.fbank import FbankConfig
+    from cdino.models.registry import EncoderConfig, build_encoder
+
+    cfg = EncoderConfig(name="ecapa_tdnn_small", channels=channels)
+    torch.manual_seed(seed)
+    encoder = build_encoder(cfg)
+    return save_model_folder(path, encoder, cfg, FbankConfig(), np.zeros(encoder.embed_dim), 0.5, "test")
+
+
+def test_supervised_training_starts_from_init(tiny_data, tmp_path, capsys):
+    from cdino.eval.model_folder import read_model_folder, read_model_info
+
+    init = _model_folder(tmp_path / "init", channels=64, seed=123)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "encoder: {name: ecapa_tdnn_small}\n"
+        "trainer: {epochs: 1, steps_per_epoch: 2, global_batch: 8, progress: false, tensorboard: false, threads: 1}\n"
+        "optim: {name: adamw, lr: 1.0e-6, final_lr: 1.0e-7, lr_scale_with_batch: false, warmup_epochs: 0}\n"
+        "pseudo: {min_seconds: 0.5, max_seconds: 0.5}\n")
+    exp = tmp_path / "exp"
+    assert main(["train", "--method", "supervised", "--init", str(init), "--data", str(tiny_data),
+                 "--out", str(exp), "--config", str(cfg)]) == 0
+    start = read_model_folder(init).encoder.state_dict()
+    trained = read_model_folder(exp / "model").encoder.state_dict()
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert max((trained[k] - start[k]).abs().max().item() for k in weights) < 1e-4  # two tiny steps from init
+    assert read_model_info(exp / "model")["init"] == str(init)
+    assert f"encoder initialised from the model folder {init}" in (exp / "train.log").read_text()
+
+    other = _model_folder(tmp_path / "other", channels=32, seed=0)
+    rc = main(["train", "--method", "supervised", "--init", str(other), "--data", str(tiny_data),
+               "--out", str(tmp_path / "exp2"), "--config", str(cfg)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {other}: the model folder's encoder (ecapa_tdnn_small: C=32")
+    assert "\n" not in err
+
+
+def test_verify_json_answers_an_error_with_a_json_object(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    model = _model_folder(tmp_path / "model", channels=64, seed=0)
+    good = tmp_path / "a.wav"
+    sf.write(good, np.zeros(16000, dtype=np.float32), 16000)
+    missing = tmp_path / "nope.wav"
+    cases = [(["--model", str(model), str(good), str(missing)], str(missing)),
+             (["--model", str(tmp_path / "no_model"), str(good), str(good)], str(tmp_path / "no_model")),
+             (["--model", str(model), str(good)], None)]  # one file: no file at fault
+    for args, file in cases:
+        assert main(["verify", "--json", *args]) == 2
+        out, err = capsys.readouterr()
+        answer = json.loads(out)  # exactly one JSON object on stdout
+        assert err.strip() == f"error: {answer['error']}" and "\n" not in answer["error"]
+        assert answer.get("file") == file
+    assert main(["verify", *cases[0][0]]) == 2 and capsys.readouterr().out == ""  # no --json: stderr only
+
+
+def test_a_one_class_trial_list_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    model = _model_folder(tmp_path / "model", channels=64, seed=0)
+    target_only = tmp_path / "target_only"
+    target_only.write_text("spk00-u00 spk00-u01 target\nspk01-u00 spk01-u01 target\n")
+    nontarget_only = tmp_path / "nontarget_only"
+    nontarget_only.write_text("spk00-u00 spk01-u01 nontarget\n")
+    for verb, trials, expected in [
+            ("eval", target_only, "EER needs target and non-target trials; all 2 are target"),
+            ("eval", nontarget_only, "EER needs target and non-target trials; all 1 are non-target"),
+            ("calibrate", target_only, "calibration needs target and non-target trials; all 2 are target")]:
+        extra = ["--json", str(tmp_path / "r.json")] if verb == "eval" else []
+        rc = main([verb, "--model", str(model), "--data", str(tiny_data), "--trials", str(trials),
+                   "--device", "cpu", "--workers", "0", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err == f"error: {trials}: {expected}\n"

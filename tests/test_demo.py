@@ -85,6 +85,8 @@ def test_quick_demo_console_and_report_agree(quick_demo):
     assert f"total {total} s" in report or f"total {total - 1} s" in report or f"total {total + 1} s" in report
     printed = int(re.search(r"pipeline finished: (\d+) s in all", proc.stdout).group(1))
     assert abs(printed - res["seconds"]["total"]) <= 1
+    assert "targets: goals of the method's paper" in summary  # what a target is, said once
+    assert proc.stdout.rstrip().splitlines()[-1].startswith(f"model folder: {out / 'model'} (cdino verify")
 
 
 def test_demo_model_folder_is_usable(quick_demo, tmp_path, capsys):

@@ -53,6 +53,7 @@ from scipy import signal
 
 from cdino.atomic import write_lines, write_text
 from cdino.config import from_dict, to_dict
+from cdino.console import progress_bar
 from cdino.corpus import espeak
 from cdino.data.kaldi_dir import format_seconds, write_visual
 from cdino.errors import ConfigError
@@ -886,18 +887,12 @@ def _fresh_process_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return progress and os.environ.get("CDINO_NO_PROGRESS", "") not in ("1", "true", "yes")
-
-
 def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
                progress: bool = True) -> dict:
     """Write the simulated corpus to ``out_dir`` (layout in the module docstring).
 
     Returns the summary also stored in ``out_dir/corpus.json``.
     """
-    from tqdm import tqdm
-
     cfg = cfg if cfg is not None else SynthConfig()
     cfg.validate()
     out = Path(out_dir)
@@ -922,7 +917,7 @@ def synthesize(out_dir: str | os.PathLike, cfg: SynthConfig | None = None,
             where[spk] = (split, index)
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
     results: dict[str, list] = {}
-    bar = tqdm(total=len(jobs), desc="corpus", unit="spk", disable=not _progress_enabled(progress))
+    bar = progress_bar(total=len(jobs), desc="corpus", unit="spk", show=progress, lines=10)
     # espeak-ng keeps some state from one call to the next inside the library, so every
     # speaker is synthesised by a fresh process: its files then depend on the seed only.
     with _fresh_process_context().Pool(workers, maxtasksperchild=1) as pool:

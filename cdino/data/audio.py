@@ -25,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from cdino.atomic import replacing, write_lines
+from cdino.console import progress_bar
 from cdino.errors import AudioError
 
 SAMPLE_RATE = 16000
@@ -296,11 +297,9 @@ def probe_lengths(paths: Sequence[str], sample_rate: int = SAMPLE_RATE, *,
         threads = min(32, 4 * (os.cpu_count() or 1))
     if len(paths) < 64 or threads <= 1:
         return [one(p) for p in paths]
-    from tqdm import tqdm
-
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(tqdm(pool.map(one, paths, chunksize=256), total=len(paths), desc=desc,
-                         unit=" files", disable=not progress, leave=False))
+        return list(progress_bar(pool.map(one, paths, chunksize=256), total=len(paths), desc=desc,
+                                 unit=" files", show=progress, leave=False))
 
 
 def _as_pcm_ready(wave: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from tqdm import tqdm
 
+from cdino.console import progress_bar
 from cdino.data.audio import SAMPLE_RATE, probe_lengths
 from cdino.data.kaldi_dir import read_trials, utt_id_from_path, write_data_dir, write_scp, \
     write_trials
@@ -32,14 +32,10 @@ _MUSAN_CATEGORIES = ("noise", "speech", "music")
 _ROOMS = ("smallroom", "mediumroom", "largeroom")
 
 
-def _no_progress() -> bool:
-    return os.environ.get("CDINO_NO_PROGRESS", "") not in ("", "0")
-
-
 def _scan(root: Path, suffixes: tuple[str, ...], desc: str, progress: bool) -> list[Path]:
     """Every file under ``root`` whose suffix is in ``suffixes`` (sorted)."""
     found = []
-    with tqdm(desc=desc, unit=" files", disable=not progress or _no_progress()) as bar:
+    with progress_bar(desc=desc, unit=" files", show=progress) as bar:
         for folder, dirs, files in os.walk(root, followlinks=True):
             dirs.sort()
             for name in files:
@@ -84,7 +80,7 @@ def _folder_summary(path: Path, wav: dict[str, str]) -> dict:
 
 def _durations(wav: dict[str, str], progress: bool, what: str) -> dict[str, float]:
     """Seconds of every utterance whose audio header can be read (thread pool)."""
-    lengths = probe_lengths(list(wav.values()), progress=progress and not _no_progress(),
+    lengths = probe_lengths(list(wav.values()), progress=progress,
                             desc=f"reading {what} audio headers")
     return {u: n / SAMPLE_RATE for u, n in zip(wav, lengths) if isinstance(n, int)}
 

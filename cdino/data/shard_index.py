@@ -23,9 +23,9 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import numpy as np
-from tqdm import tqdm
 
 from cdino.atomic import atomic_open
+from cdino.console import progress_bar
 from cdino.data.audio import SAMPLE_RATE, decode_audio
 from cdino.data.text_lines import read_text_lines
 from cdino.distributed import shared_by_rank0
@@ -229,8 +229,8 @@ def build_shard_index(list_path: PathLike, progress: bool = False) -> ShardIndex
     skipped: list[tuple[str, str]] = []
     rows: list[tuple] = []
     seen: set[str] = set()
-    for number, shard in enumerate(tqdm(shards, desc="indexing shards", unit=" shard",
-                                        disable=not progress, leave=False)):
+    for number, shard in enumerate(progress_bar(shards, desc="indexing shards", unit=" shard",
+                                                show=progress, leave=False)):
         for row in _scan_shard(shard, number, skipped):
             if row[0] in seen:
                 skipped.append((f"{shard}:{shard_key(row[0])}", f"utterance '{row[0]}' is in another shard too"))

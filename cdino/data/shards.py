@@ -21,9 +21,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from cdino.atomic import temp_path, write_lines
+from cdino.console import progress_bar
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, encode_audio, load_audio_or_skip
 from cdino.data.kaldi_dir import DataDir, write_scp
 from cdino.data.shard_index import INDEX_NAME, LIST_NAME, SHARD_NAME, shard_key, write_index
@@ -103,9 +103,8 @@ def write_shards(data_dir: PathLike, out_dir: PathLike, shard_mb: float = 256,
     skipped = SkippedFiles()
     utt2shard: dict[str, str] = {}
     entries: dict[str, tuple] = {}
-    no_bar = not progress or os.environ.get("CDINO_NO_PROGRESS", "") not in ("", "0")
     try:
-        for utt in tqdm(order, desc="writing shards", unit=" utt", disable=no_bar):
+        for utt in progress_bar(order, desc="writing shards", unit=" utt", show=progress, lines=10):
             wave = load_audio_or_skip(data.wav[utt], SAMPLE_RATE, skipped=skipped)
             if wave is None:
                 continue

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from cdino.console import progress_bar
 from cdino.data.audio import SAMPLE_RATE, SkippedFiles, decode_audio, load_audio, probe_lengths
 from cdino.data.kaldi_dir import DataDir, write_utt2dur
 from cdino.data.shard_index import LIST_NAME
@@ -95,8 +96,6 @@ class MemoryStore(WaveStore):
 
     def __init__(self, data: DataDir, min_seconds: float = 0.5, progress: bool = True,
                  skipped: SkippedFiles | None = None) -> None:
-        from tqdm import tqdm
-
         self.skipped = skipped if skipped is not None else SkippedFiles()
         min_samples = max(1, int(min_seconds * SAMPLE_RATE))
         if data.shards is not None:  # decode a shard folder through its store
@@ -107,8 +106,8 @@ class MemoryStore(WaveStore):
             items = [(u, data.wav[u], lambda p=data.wav[u]: load_audio(p, min_samples=min_samples))
                      for u in data.utts]
         chunks, lengths, utts = [], [], []
-        for utt, path, read in tqdm(items, desc=f"loading {data.root.name}", disable=not progress,
-                                    unit="utt", leave=False):
+        for utt, path, read in progress_bar(items, desc=f"loading {data.root.name}", show=progress,
+                                            unit="utt", leave=False):
             try:
                 wave = read()
             except AudioError as exc:

@@ -26,10 +26,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cdino.allocator import keep_freed_memory
 from cdino.atomic import save_npy, write_lines, write_text
+from cdino.console import progress_bar
 from cdino.data.audio import SAMPLE_RATE, audio_info, load_audio
 from cdino.data.kaldi_dir import DataDir
 from cdino.errors import AudioError, DataError
@@ -54,10 +54,6 @@ def _record_skip(skipped, utt: str, path: str, reason: str) -> None:
         skipped.add(path, reason[len(prefix):] if reason.startswith(prefix) else reason)
     else:
         skipped.append((utt, reason))
-
-
-def _progress_enabled(progress: bool) -> bool:
-    return bool(progress) and os.environ.get("CDINO_NO_PROGRESS", "") != "1"
 
 
 # ---------------------------------------------------------------------------
@@ -574,8 +570,7 @@ def extract_embeddings(encoder: nn.Module, fbank: nn.Module, data_dir: str | os.
         else:
             todo.append(s)
     n_todo = sum(min(shard_size, len(utt_list) - s * shard_size) for s in todo)
-    show = _progress_enabled(progress) and rank == 0
-    bar = tqdm(total=n_todo, desc=desc, unit="utt", leave=False, disable=not show) if n_todo else None
+    bar = progress_bar(total=n_todo, desc=desc, unit="utt", leave=False, show=progress and rank == 0) if n_todo else None
     try:
         for s in todo:
             indices = list(range(s * shard_size, min((s + 1) * shard_size, len(utt_list))))

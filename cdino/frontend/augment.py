@@ -47,6 +47,7 @@ import torch
 from scipy.signal import lfilter
 from torch import Tensor, nn
 
+from cdino.console import progress_bar
 from cdino.errors import ConfigError, DataError
 
 CATEGORIES = ("noise", "speech", "music")  # MUSAN's noise categories
@@ -281,12 +282,9 @@ class AugmentBanks:
         are cut or zero-padded to ``rir_seconds``, at most ``max_rirs`` of them.
         Either folder may be ``None``.
         """
-        from tqdm import tqdm
-
         from cdino.data.audio import audio_info, load_audio
 
         rng = np.random.default_rng(seed)
-        quiet = True if os.environ.get("CDINO_NO_PROGRESS") == "1" else None
         noises: dict[str, Tensor] = {}
         if musan_dir is not None:
             wavs = _read_list(Path(musan_dir), "wav.scp", "cdino prepare musan")
@@ -307,7 +305,7 @@ class AugmentBanks:
                     continue
                 chosen = [paths[i] for i in _subset(rng, len(paths), max_per_category)]
                 clips = []
-                for path in tqdm(chosen, desc=f"musan {name}", disable=quiet, leave=False):
+                for path in progress_bar(chosen, desc=f"musan {name}", leave=False):
                     available = int(audio_info(path).duration * sample_rate)
                     offset = int(rng.integers(0, max(available - clip_len, 0) + 1))
                     audio = load_audio(path, sample_rate, offset=offset, frames=clip_len)
@@ -319,7 +317,7 @@ class AugmentBanks:
             paths = list(wavs.values())
             rir_len = int(rir_seconds * sample_rate)
             loaded = []
-            for i in tqdm(_subset(rng, len(paths), max_rirs), desc="rirs", disable=quiet, leave=False):
+            for i in progress_bar(_subset(rng, len(paths), max_rirs), desc="rirs", leave=False):
                 audio = load_audio(paths[i], sample_rate)[:rir_len]
                 loaded.append(np.pad(audio, (0, rir_len - len(audio))))
             rirs = torch.from_numpy(np.stack(loaded).astype(np.float32))

@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cdino.pipeline.staged_run import print_finished
+
+GOALS_NOTE = ("goals: what the adaptation should achieve (the recipe's `goals`), checked against this "
+              "run's figures for information; nothing is tuned on them")
 METRICS = ("eer", "mindcf_0.01", "mindcf_0.05", "cllr", "min_cllr", "n_trials")
 
 
@@ -173,6 +177,7 @@ def print_adapt_summary(results: dict, out: Path) -> None:
                          ("target  oracle", a["target"]["oracle"]), ("source  before", a["source_domain"]["before"]),
                          ("source  after", a["source_domain"]["after"])):
         print(f"{label:<22} EER {_pct(entry)} %")
+    print(GOALS_NOTE)
     for line in _goal_lines(results["goals"]):
         print("goal " + line.replace("**", ""))
-    print(f"adaptation finished: {results['seconds']['total']:.0f} s in all; see {out / 'report.md'}")
+    print_finished("adaptation", out, results["seconds"]["total"])

@@ -33,7 +33,7 @@ from cdino.atomic import copy_folder
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
-from cdino.pipeline.staged_run import StagedRun
+from cdino.pipeline.staged_run import StagedRun, print_finished
 
 STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised",
           "report"]
@@ -193,7 +193,7 @@ class MethodPipeline(StagedRun):
         results = json.loads((self.out / "results.json").read_text())
         total, now = results["seconds"]["total"], time.perf_counter() - t_start
         earlier = f" ({now:.0f} s in this run, the rest in earlier runs)" if total - now > 5 else ""
-        print(f"pipeline finished: {total:.0f} s in all{earlier}; see {self.out / 'report.md'}")
+        print_finished("pipeline", self.out, total, earlier)
         return results
 
     def _run_study(self, from_stage: str | None) -> dict:

@@ -22,6 +22,13 @@ from cdino.config import to_dict
 from cdino.errors import ConfigError
 
 
+def print_finished(what: str, out: Path, seconds: float, note: str = "") -> None:
+    """A staged run's last console lines: its time and report, then the exported model
+    folder (``out/model``), the one thing a user needs next."""
+    print(f"{what} finished: {seconds:.0f} s in all{note}; see {out / 'report.md'}")
+    print(f"model folder: {out / 'model'} (cdino verify --model {out / 'model'} a.wav b.wav)")
+
+
 class StagedRun:
     """Stages in order into ``out``, each marked done by ``out/<stage>/done.json`` (written
     atomically, last) and skipped on rerun; the recipe pipelines (:class:`cdino.pipeline.method.MethodPipeline`,

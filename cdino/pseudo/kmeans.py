@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from cdino.atomic import write_lines
+from cdino.console import progress_bar
 from cdino.testing.faults import fault_point
 from cdino.errors import ConfigError, DataError
 
@@ -197,12 +198,7 @@ def _kmeans_torch(x: torch.Tensor, k: int, n_iter: int, seed: int, spherical: bo
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     best = torch.empty(n, dtype=torch.float32, device=x.device)
     n_worst = min(k, n)
-    steps = range(n_iter)
-    if verbose:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc=f"k-means {n}x{x.shape[1]} -> {k}", leave=False)
-    for _ in steps:
+    for _ in progress_bar(range(n_iter), show=verbose, desc=f"k-means {n}x{x.shape[1]} -> {k}", leave=False):
         _assign(x, x_mm, c, spherical, labels, best, chunk)
         sums = torch.zeros_like(c).index_add_(0, labels, x)
         counts = torch.bincount(labels, minlength=k)

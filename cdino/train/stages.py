@@ -22,7 +22,7 @@ import torch
 from cdino.atomic import replacing, save_npy, write_text
 from cdino.console import progress_enabled
 from cdino.data.kaldi_dir import DataDir, read_visual
-from cdino.errors import DataError, TrainingError
+from cdino.errors import ConfigError, DataError, TrainingError
 from cdino.methods.base import FeatureFrontend
 from cdino.methods.cluster_aware import ClusterAwareDinoMethod
 from cdino.methods.dino import DinoMethod
@@ -179,9 +179,26 @@ def train_dino(cfg: TrainConfig, data_dir: str | Path, out: str | Path, method: 
                         progress=progress_enabled(cfg.trainer.progress), embed_all=method == "cdino")
 
 
+def init_encoder_state(cfg: TrainConfig, init: str | Path) -> dict:
+    """The encoder weights of the model folder ``init`` that a stage starts from. The
+    configured encoder must have the folder's architecture, else a ``ConfigError`` names both."""
+    from cdino.eval.model_folder import read_model_folder
+    from cdino.models.registry import build_encoder, describe
+
+    folder = read_model_folder(init)
+    state = {k: v.clone() for k, v in folder.encoder.state_dict().items()}
+    try:
+        build_encoder(cfg.encoder).load_state_dict(state)
+    except RuntimeError:
+        raise ConfigError(f"{init}: the model folder's encoder ({describe(folder.config.encoder)}) is not the "
+                          f"configured one ({describe(cfg.encoder)}); set encoder.* as in its config.yaml") from None
+    return state
+
+
 def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
-                     resume: bool = False) -> Path:
-    """The supervised reference: same encoder, trainer and AAM loss, true labels, no gate."""
+                     resume: bool = False, init: str | Path | None = None) -> Path:
+    """The supervised reference: same encoder, trainer and AAM loss, true labels, no gate;
+    from the encoder of the model folder ``init`` when given (else from scratch)."""
     out = Path(out)
     data = DataDir.load(data_dir)
     if not data.utt2spk:
@@ -197,11 +214,14 @@ def train_supervised(cfg: TrainConfig, data_dir: str | Path, out: str | Path,
     init_distributed(resolve_device(cfg.trainer.device))  # before the store: rank 0 measures missing lengths
     store = open_store(data, cfg.data, progress=progress_enabled(cfg.trainer.progress) and is_main())
     labels = _true_labels(data, store.utts)
-    method = PseudoLabelMethod(labels, name="supervised")
+    start = init_encoder_state(cfg, init) if init is not None else None
+    method = PseudoLabelMethod(labels, init_encoder=start, name="supervised")
     trainer = Trainer(cfg, method, data, out, resume=resume, store=store)
+    if init is not None:
+        trainer.log(f"encoder initialised from the model folder {init}")
     history = trainer.fit()
     info = {"method": "supervised", "steps": trainer.step, "train_seconds": time.perf_counter() - t0,
-            "history": history}
+            "history": history, **({"init": str(init)} if init is not None else {})}
     return export_model(trainer.final_encoder(), cfg, store, trainer.device, out / "model", info,
                         progress=progress_enabled(cfg.trainer.progress), embed_all=False)
 
@@ -252,7 +272,7 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     visual = has_visual = None
     if pc.modality == "audio_visual":
         visual, has_visual = load_visual_for(store.utts, cfg, data)
-    init_state = {k: v.clone() for k, v in read_model_folder(init).encoder.state_dict().items()}
+    init_state = init_encoder_state(cfg, init)
     prev_model = Path(init)
     prev_visual = None  # (visual-MLP state, refined rows) of the previous round
     summaries = []

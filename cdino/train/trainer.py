@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cdino.allocator import keep_freed_memory
-from cdino.console import progress_enabled
+from cdino.console import progress_bar, progress_enabled
 from cdino.config import save_config, to_dict
 from cdino.data.kaldi_dir import DataDir
 from cdino.data.loader import BatchFeed, GlobalBatchSampler
@@ -368,10 +368,8 @@ class Trainer:
         elif ckpt.list_checkpoints(self.ckpt_dir):
             raise ConfigError(f"{self.ckpt_dir} already holds checkpoints: pass --resume to continue "
                               "or choose another --out")
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.dist.is_main and progress_enabled(tc.progress)),
-                   desc=self.method.name, unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.step, show=self.dist.is_main and tc.progress,
+                           lines=10, desc=self.method.name, unit="step", dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()
         nonfinite = torch.zeros((), device=self.device)
