@@ -13,8 +13,9 @@ back, so a sweep resumes.
 
     python bench/tune_stage1.py --corpus exp/corpus --out exp/tune --arms arms.yaml > result.json
 
-``arms.yaml`` maps an arm's name to ``KEY=VALUE`` overrides of the recipe (dotted keys
-into the recipe YAML, e.g. ``dino.dino.global_seconds=3.0``, ``base.augment.channel_prob=0.6``).
+``arms.yaml`` maps an arm's name to ``KEY=VALUE`` overrides of the stage's training config
+(on top of the recipe's base and stage settings; e.g. ``dino.global_seconds=3.0``,
+``augment.channel_prob=0.6``).
 """
 
 from __future__ import annotations
@@ -52,27 +53,31 @@ def _train(arm: str, overrides: list[str], args) -> dict:
     if res.returncode != 0:
         return {"arm": arm, "error": res.stderr[-2000:]}
     dev = json.loads((out / "dev.json").read_text())
+    emb = subprocess.run([sys.executable, "-m", "cdino.cli", "embed", "--model", str(out / "run" / "model"),
+                          "--data", str(args.corpus / "train"), "--out", str(out / "train_emb"), "--device", "cpu"],
+                         env=env, capture_output=True, text=True)
+    if emb.returncode != 0:
+        return {"arm": arm, "error": emb.stderr[-2000:]}
     result = {"arm": arm, "overrides": overrides, "dev_eer": dev["eer"], "dev_mindcf_0.01": dev["mindcf_0.01"],
               "dev_mindcf_0.05": dev["mindcf_0.05"], "train_seconds": round(seconds, 1),
-              **_clustering(out / "run" / "model", args)}
+              **_clustering(out / "train_emb", args)}
     done.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _clustering(model: Path, args) -> dict:
-    """Diagnostics only: how well k-means of the training embeddings matches the speakers."""
+def _clustering(folder: Path, args) -> dict:
+    """Diagnostics only: how well k-means of the training embeddings (full utterances, as
+    round 1 of the pseudo-label stage embeds them) matches the speakers."""
     import numpy as np
 
     from cdino.data.kaldi_dir import DataDir
+    from cdino.eval.embed import load_embeddings
     from cdino.metrics import nmi, purity
     from cdino.pseudo.kmeans import KMeansConfig, cluster
-    from cdino.train.stages import load_train_embeddings
 
     data = DataDir.load(args.corpus / "train")
-    emb = load_train_embeddings(model, data.utts)
-    if emb is None:
-        return {}
-    labels, _ = data.speaker_labels()
+    utts, emb = load_embeddings(folder)
+    labels, _ = data.speaker_labels(utts)
     got = cluster(emb - emb.mean(0), KMeansConfig(n_clusters=args.clusters, seed=0))
     pred = np.asarray(got.labels)
     return {"train_nmi": float(nmi(labels, pred)), "train_purity": float(purity(labels, pred))}
