@@ -52,18 +52,21 @@ def _trial_inputs(data_dir: PathLike, trials_path: PathLike, enroll: PathLike | 
     the trials are for (``EER``, ``calibration``): a list of one class is an error."""
     data = DataDir.load(data_dir)
     trials = read_trials(trials_path)
+    known = set(data.utts)
+    emap = None
+    if enroll is None:
+        trials.check_utts(known, data_dir)
+        needed = set(trials.enroll) | set(trials.test)
+    else:
+        emap = read_enroll_map(enroll)
+        emap.check_trials(trials, known, data_dir)
+        used = list(dict.fromkeys(trials.enroll))
+        emap.check_utts(known, data_dir, used=used)
+        needed = set(trials.test) | {u for e in used for u in emap.utts[e]}
     if trials.labels.min() == trials.labels.max():
         raise DataError(f"{trials_path}: {needs} needs target and non-target trials; all {len(trials.labels)} "
                         f"are {'target' if trials.labels[0] else 'non-target'}")
-    known = set(data.utts)
-    if enroll is None:
-        trials.check_utts(known, data_dir)
-        return data, trials, None, set(trials.enroll) | set(trials.test)
-    emap = read_enroll_map(enroll)
-    emap.check_trials(trials, known, data_dir)
-    used = list(dict.fromkeys(trials.enroll))
-    emap.check_utts(known, data_dir, used=used)
-    return data, trials, emap, set(trials.test) | {u for e in used for u in emap.utts[e]}
+    return data, trials, emap, needed
 
 
 def _score_trial_list(emb: np.ndarray, utts: list[str], trials: Trials, emap: EnrollMap | None,
