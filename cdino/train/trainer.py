@@ -372,9 +372,6 @@ class Trainer:
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.dist.is_main and progress_enabled(tc.progress)),
                    desc=self.method.name, unit="step", dynamic_ncols=True)
-        sums: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
-        nonfinite = torch.zeros((), device=self.device)
         self.student.train()
         # One loader from this step to the end of the run (its workers live across epochs);
         # every index carries its epoch, so crops do not depend on when workers started.
@@ -384,6 +381,22 @@ class Trainer:
             tc.seed, start // spe, start_step=start % spe, steps=spe,
             with_segment=self.method.segment_fn(), end_step=self.total_steps),
             self.accum, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        try:
+            self._train(feed, bar)
+        finally:  # a run stopped by an error leaves no worker processes behind
+            feed.close()
+            bar.close()
+        self.log.close()
+        return self.history
+
+    def _train(self, feed: BatchFeed, bar) -> None:
+        """The epochs from ``self.step`` on. Nothing here reads a device value back to the
+        host per step (each read waits for the device's queue to drain): the logged scalars
+        and the non-finite count add up on the device and are read once per log window."""
+        tc = self.cfg.trainer
+        sums: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        nonfinite = torch.zeros((), device=self.device)
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch
             self.method.on_epoch_start(epoch)
@@ -442,10 +455,6 @@ class Trainer:
                 self.history.append({"epoch": epoch, **extra})
                 self.log(f"epoch {epoch + 1}: " + json.dumps(extra))
             self.save_checkpoint()
-        feed.close()
-        bar.close()
-        self.log.close()
-        return self.history
 
     def _note_skipped(self, bad: list[tuple[str, str]]) -> None:
         """Log files that could not be read during training and add them to skipped.tsv."""
@@ -462,8 +471,13 @@ class Trainer:
             skipped.write(self.out_dir / "skipped.tsv")
 
     def _log_window(self, sums, n_steps, t0, lr, epoch, nonfinite, bar) -> None:
-        values = {k: all_reduce_mean(v.clone()).item() / n_steps for k, v in sums.items()}
-        bad = int(nonfinite.item())
+        # One host read for the whole window: the scalars (averaged over ranks) and this
+        # rank's non-finite count in one tensor.
+        keys = list(sums)
+        means = [all_reduce_mean(torch.stack([sums[k].reshape(()).to(self.device) for k in keys]))] if keys else []
+        *read, bad = torch.cat([*means, nonfinite.reshape(1).float()]).tolist()
+        values = {k: v / n_steps for k, v in zip(keys, read)}
+        bad = int(bad)
         self.nonfinite_total += bad
         dt = max(time.perf_counter() - t0, 1e-9)
         values["utt_per_s"] = n_steps * self.cfg.trainer.global_batch / dt
