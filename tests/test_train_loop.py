@@ -22,9 +22,10 @@ import torch
 import cdino
 from cdino.config import load_config
 from cdino.data.kaldi_dir import DataDir, read_visual
+from cdino.errors import ConfigError
 from cdino.methods.dino import DinoMethod
 from cdino.methods.pseudo_label import PseudoLabelMethod
-from cdino.train.trainer import TrainConfig, Trainer
+from cdino.train.trainer import TrainConfig, Trainer, cuda_tf32, loader_workers
 
 from conftest import write_speaker_dir
 
@@ -110,7 +111,10 @@ def _detail(counts: Counter, phase: str) -> dict:
 
 def test_dino_steps_read_nothing_and_a_log_window_reads_once(tiny_data, tmp_path):
     trainer = Trainer(load_config(TrainConfig, TINY), DinoMethod(), DataDir.load(tiny_data), tmp_path / "d")
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     counts = _fit_counting(trainer)
+    assert trainer.tf32 is None and trainer.num_workers == 0  # the CPU path as it was
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
     assert _windows(trainer) == 2
     assert counts["step"] == 0, _detail(counts, "step")
     assert counts["_log_window"] == _windows(trainer), _detail(counts, "_log_window")
@@ -141,3 +145,25 @@ def test_dlg_lc_steps_read_nothing(tmp_path, visual):
     assert method.epoch_log[-1]["threshold"] is not None  # the gate was on in the second epoch
     assert counts["step"] == 0, _detail(counts, "step")
     assert counts["_log_window"] == _windows(trainer) == 4, _detail(counts, "_log_window")
+
+
+def test_tf32_only_touches_cuda_and_is_restored():
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (m.allow_tf32, c.allow_tf32)
+    with cuda_tf32(not before[0]):
+        assert m.allow_tf32 is (not before[0]) and c.allow_tf32 is (not before[0])
+    assert (m.allow_tf32, c.allow_tf32) == before
+    cfg = load_config(TrainConfig, {"trainer": {"precision": "fp32", "tf32": False}})
+    assert cfg.trainer.tf32 is False
+    assert load_config(TrainConfig, {}).trainer.tf32 is True  # on by default (CUDA fp32 only)
+
+
+def test_loader_workers_auto_is_zero_on_cpus():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers(-1, cpu) == 0
+    assert loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
+    assert loader_workers(-1, cuda, cores=1, ranks=1) == 1 and loader_workers(-1, cuda, cores=2, ranks=1) == 1
+    assert loader_workers(-1, cuda, cores=64, ranks=8) == 7
+    assert loader_workers(-1, cuda, cores=64, ranks=1) == 8
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        loader_workers(-2, cpu)
