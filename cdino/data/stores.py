@@ -38,7 +38,7 @@ class DataConfig:
 
     store: Literal["memory", "files"] = "files"  # files: crops read from the audio files (or tar shards) on demand, lengths from utt2dur; memory: decode everything once (small corpora)
     min_seconds: float = 0.5  # utterances shorter than this are skipped (counted) when loading
-    num_workers: int = 0  # DataLoader worker processes per rank (they live for the whole run)
+    num_workers: int = -1  # DataLoader worker processes per rank (they live for the whole run); -1: auto, none on a CPU, on CUDA the cores per rank less one, at most 8 (cdino.train.trainer.loader_workers)
 
 
 class WaveStore:

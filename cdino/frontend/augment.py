@@ -447,17 +447,18 @@ def mulaw(wave: Tensor, levels: int = 256) -> Tensor:
     return torch.sign(y) * ((1.0 + mu) ** y.abs() - 1.0) / mu * peak
 
 
-def apply_channel(wave: Tensor, p: dict[str, Tensor], sample_rate: int = 16000) -> Tensor:
+def apply_channel(wave: Tensor, p: dict[str, Tensor], sample_rate: int = 16000, compact: bool = True) -> Tensor:
     """Each row of ``wave (B, T)`` through its channel (:func:`channel_gain`; the telephone
     rows then through μ-law and the line's band again, so the codec's noise stays in the
     band as it would at 8 kHz), filtered in the frequency domain; the output keeps the
-    input's RMS level."""
+    input's RMS level. ``compact`` (CPU) skips the codec when no row is a telephone (one
+    host sync); otherwise it is computed for every row and selected (no sync)."""
     n = wave.shape[-1]
     size = _fft_size(n)
     f = torch.fft.rfftfreq(size, 1.0 / sample_rate).to(wave.device)
     gain = channel_gain(f, p)
     out = torch.fft.irfft(torch.fft.rfft(wave, size) * gain, size)[:, :n]
-    if bool(p["telephone"].any()):  # the codec's noise stays in the line's band, as at 8 kHz
+    if not compact or bool(p["telephone"].any()):  # the codec's noise stays in the line's band, as at 8 kHz
         coded = torch.fft.irfft(torch.fft.rfft(mulaw(out), size) * (gain > 0.1), size)[:, :n]
         out = torch.where(p["telephone"][:, None], coded, out)
     level = torch.linalg.vector_norm(wave, dim=-1) / torch.linalg.vector_norm(out, dim=-1).clamp_min(1e-10)
@@ -638,7 +639,7 @@ class Augmenter(nn.Module):
             if "channel" in d:
                 keys = ("telephone", "highpass", "lowpass", "low_db", "high_db", "peak_db", "peak_hz")
                 x = _apply_rows(x, d["channel"], lambda rows, i: apply_channel(
-                    rows, {k: d[k][i] for k in keys}), compact)
+                    rows, {k: d[k][i] for k in keys}, compact=compact), compact)
         out = x.to(wave.dtype)
         if return_info:
             return out, {k: v for k, v in d.items() if not k.startswith("u_")}

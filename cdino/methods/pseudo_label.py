@@ -249,7 +249,9 @@ class PseudoLabelMethod(Method):
             gate_v = None
             if cos_v is not None:
                 gate_v = F.cross_entropy(cos_v.detach().float() * scale, y, reduction="none")
-                self.gate_v.update(idx[has_v], gate_v[has_v])
+                # Rows without a visual view keep their loss (NaN: they never have one); no
+                # boolean-mask index, which would wait for the device to count the rows.
+                self.gate_v.update(idx, torch.where(has_v, gate_v, self.gate_v.losses[idx]))
             fused_rel = None
             if self.gate_f is not None:
                 loss_f = joint_loss(F.softmax(cos_a.detach().float() * self.pc.scale, -1),
@@ -291,7 +293,7 @@ class PseudoLabelMethod(Method):
             loss = loss + (loss_v * vuse).sum() / vuse.sum().clamp_min(1.0)
         self._count(idx, y, y_final, reliable, corrected)
         stats = {"loss": loss.detach(), "reliable": reliable.float().mean(),
-                 "corrected": corrected.float().mean(), "margin": torch.tensor(margin)}
+                 "corrected": corrected.float().mean(), "margin": torch.full((), margin, device=loss.device)}
         stats["acc"] = (cos_a.detach().argmax(-1) == y).float().mean()
         return loss, stats
 

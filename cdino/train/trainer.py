@@ -46,7 +46,7 @@ from cdino.methods.dino import DinoConfig
 from cdino.methods.pseudo_label import PseudoLabelConfig
 from cdino.models.inference import fast_bf16
 from cdino.models.registry import EncoderConfig
-from cdino.threads import ThreadGovernor, apply_threads
+from cdino.threads import ThreadGovernor, apply_threads, available_cores, ranks_on_node
 from cdino.testing.faults import fault_point
 from cdino.train import checkpoint as ckpt
 from cdino.train.running_stats import RunningStatsSync
@@ -79,6 +79,7 @@ class TrainerConfig:
     global_batch: int = 128  # utterances per optimiser step, summed over all ranks
     micro_batch: int = 0  # utterances per rank per forward pass; 0: global_batch / world_size
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto/bf16: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32: exact fp32
+    tf32: bool = True  # precision fp32 on CUDA: matmuls and convolutions on TF32 tensor cores (fp32 range and sums, 10-bit mantissa inputs; several times faster); false: IEEE fp32. CPUs and bf16 runs are not affected
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per process (0: auto, the cores it may use / ranks on the node; CDINO_THREADS overrides)
     log_every: int = 20  # steps between log lines / host reads of the logged scalars
@@ -183,6 +184,40 @@ def _param_groups(module: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
 
 
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool):
+    """CUDA's fp32 matmuls and convolutions on TF32 tensor cores (``enabled``) or in IEEE
+    fp32, restored on exit. The legacy flags (``allow_tf32``) are the ones cdino sets
+    everywhere: torch refuses to read a precision set through both them and the newer
+    ``fp32_precision`` settings."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+MAX_AUTO_WORKERS = 8  # workers only read crops (augmentation and fbank run on the device)
+
+
+def loader_workers(configured: int, device: torch.device, cores: int | None = None,
+                   ranks: int | None = None) -> int:
+    """DataLoader workers per rank for ``data.num_workers``: the number given, or for -1
+    (auto) none on a CPU (its cores compute the steps) and on CUDA the cores per rank
+    less the one that drives the GPU, at most :data:`MAX_AUTO_WORKERS`, at least 1."""
+    if configured >= 0:
+        return configured
+    if configured != -1:
+        raise ConfigError(f"data.num_workers: {configured} (use -1 for auto, 0 for none, or a count)")
+    if device.type != "cuda":
+        return 0
+    cores = available_cores() if cores is None else cores
+    share = cores // (ranks_on_node() if ranks is None else ranks)
+    return max(1, min(MAX_AUTO_WORKERS, share - 1))
+
+
 def _buffer_sync(forward: bool) -> dict:
     """DDP's option for copying rank 0's buffers before each forward (``forward_sync_buffers``
     since torch 2.13, ``broadcast_buffers`` before)."""
@@ -216,8 +251,12 @@ class Trainer:
         if tc.precision == "bf16" and not bf16_here:
             self.log("bf16 requested on a CPU without native bf16 units: running fp32")
         self.amp = tc.precision != "fp32" and bf16_here
-        self.log(f"precision {'bf16 autocast' if self.amp else 'fp32'} (trainer.precision {tc.precision}), "
-                 f"{self.threads} CPU threads")
+        # fp32 on CUDA: TF32 tensor cores unless trainer.tf32 is off (set for fit() only).
+        self.tf32 = tc.tf32 if self.device.type == "cuda" and not self.amp else None
+        fp32 = "fp32" + {True: " (TF32 matmuls and convolutions)", False: " (IEEE)", None: ""}[self.tf32]
+        self.num_workers = loader_workers(cfg.data.num_workers, self.device)
+        self.log(f"precision {'bf16 autocast' if self.amp else fp32} (trainer.precision {tc.precision}), "
+                 f"{self.threads} CPU threads, {self.num_workers} data workers")
         world = self.dist.world_size
         micro = tc.micro_batch or tc.global_batch // world
         if tc.global_batch % (world * micro):
@@ -370,9 +409,6 @@ class Trainer:
                               "or choose another --out")
         bar = progress_bar(total=self.total_steps, initial=self.step, show=self.dist.is_main and tc.progress,
                            lines=10, desc=self.method.name, unit="step", dynamic_ncols=True)
-        sums: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
-        nonfinite = torch.zeros((), device=self.device)
         self.student.train()
         # One loader from this step to the end of the run (its workers live across epochs);
         # every index carries its epoch, so crops do not depend on when workers started.
@@ -381,7 +417,24 @@ class Trainer:
             len(self.dataset), tc.global_batch, self.dist.rank, self.dist.world_size, self.accum,
             tc.seed, start // spe, start_step=start % spe, steps=spe,
             with_segment=self.method.segment_fn(), end_step=self.total_steps),
-            self.accum, num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+            self.accum, num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        try:
+            with cuda_tf32(self.tf32) if self.tf32 is not None else contextlib.nullcontext():
+                self._train(feed, bar)
+        finally:  # a run stopped by an error leaves no worker processes behind
+            feed.close()
+            bar.close()
+        self.log.close()
+        return self.history
+
+    def _train(self, feed: BatchFeed, bar) -> None:
+        """The epochs from ``self.step`` on. Nothing here reads a device value back to the
+        host per step (each read waits for the device's queue to drain): the logged scalars
+        and the non-finite count add up on the device and are read once per log window."""
+        tc = self.cfg.trainer
+        sums: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        nonfinite = torch.zeros((), device=self.device)
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch
             self.method.on_epoch_start(epoch)
@@ -440,10 +493,6 @@ class Trainer:
                 self.history.append({"epoch": epoch, **extra})
                 self.log(f"epoch {epoch + 1}: " + json.dumps(extra))
             self.save_checkpoint()
-        feed.close()
-        bar.close()
-        self.log.close()
-        return self.history
 
     def _note_skipped(self, bad: list[tuple[str, str]]) -> None:
         """Log files that could not be read during training and add them to skipped.tsv."""
@@ -460,8 +509,13 @@ class Trainer:
             skipped.write(self.out_dir / "skipped.tsv")
 
     def _log_window(self, sums, n_steps, t0, lr, epoch, nonfinite, bar) -> None:
-        values = {k: all_reduce_mean(v.clone()).item() / n_steps for k, v in sums.items()}
-        bad = int(nonfinite.item())
+        # One host read for the whole window: the scalars (averaged over ranks) and this
+        # rank's non-finite count in one tensor.
+        keys = list(sums)
+        means = [all_reduce_mean(torch.stack([sums[k].reshape(()).to(self.device) for k in keys]))] if keys else []
+        *read, bad = torch.cat([*means, nonfinite.reshape(1).float()]).tolist()
+        values = {k: v / n_steps for k, v in zip(keys, read)}
+        bad = int(bad)
         self.nonfinite_total += bad
         dt = max(time.perf_counter() - t0, 1e-9)
         values["utt_per_s"] = n_steps * self.cfg.trainer.global_batch / dt
