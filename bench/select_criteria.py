@@ -1,0 +1,104 @@
+"""How well each label-free selection criterion ranks models the way the truth does.
+
+For candidate model folders, compute every criterion of :mod:`cdino.eval.selection` on a
+data folder's recordings without reading its labels, and the true EER on its labelled
+trials (the dev split's, never the test split's); print one JSON object with the values,
+Spearman and Kendall rank correlations of each criterion with the true EER, and for each
+selection *task* (a group of candidates one choice is made among, e.g. the cluster
+counts of a sweep) the regret of picking by each criterion: the true EER of the pick over
+the best candidate's, relative.
+
+    python bench/select_criteria.py --data exp/corpus/dev --candidates tasks.yaml > out.json
+
+``tasks.yaml`` maps a task name to candidate model folders (name: path). A candidate may
+appear in several tasks; it is scored once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="labelled data folder (dev split) with trials")
+    ap.add_argument("--trials", type=Path, help="its trials (default DATA/trials)")
+    ap.add_argument("--candidates", type=Path, required=True, help="YAML: task -> {candidate: model folder}")
+    ap.add_argument("--max-utts", type=int, default=800, help="recordings the criteria use (a fixed random subset)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    import yaml
+    from scipy.stats import kendalltau, spearmanr
+
+    from cdino.data.audio import load_audio
+    from cdino.data.kaldi_dir import DataDir, read_trials, read_visual
+    from cdino.eval.baselines import fbank_statistics
+    from cdino.eval.selection import CRITERIA, criteria, embed_recordings
+    from cdino.eval.verification import score_trials
+    from cdino.frontend.fbank import Fbank, FbankConfig
+    from cdino.metrics import eer
+
+    tasks = yaml.safe_load(args.candidates.read_text())
+    models = {name: Path(p) for group in tasks.values() for name, p in group.items()}
+    data = DataDir.load(args.data)
+    trials = read_trials(args.trials or args.data / "trials")
+    utts = list(data.utts)
+    if len(utts) > args.max_utts:
+        keep = set(np.random.default_rng(0).choice(utts, args.max_utts, replace=False))
+        utts = [u for u in utts if u in keep]
+    waves = [load_audio(data.wav[u]) for u in utts]
+    t0 = time.perf_counter()
+    emb = {name: embed_recordings(path, waves, utts, device=args.device) for name, path in models.items()}
+    # Truth: the labelled trials among these recordings (dev trials only).
+    index = {u: i for i, u in enumerate(utts)}
+    sub = [i for i, (e, t) in enumerate(zip(trials.enroll, trials.test)) if e in index and t in index]
+    from cdino.data.kaldi_dir import Trials
+
+    dev = Trials([trials.enroll[i] for i in sub], [trials.test[i] for i in sub],
+                 np.asarray(trials.labels)[sub], trials.path)
+    truth = {name: float(eer(score_trials(e.whole, index, dev, mean=e.mean), dev.labels)) for name, e in emb.items()}
+    visual = has_visual = channel = None
+    got = read_visual(data.root)
+    if got is not None:
+        ids, rows = got
+        row = {u: i for i, u in enumerate(ids)}
+        visual = np.zeros((len(utts), rows.shape[1]), np.float32)
+        has_visual = np.array([u in row for u in utts])
+        for i, u in enumerate(utts):
+            if u in row:
+                visual[i] = rows[row[u]]
+        from dataclasses import replace
+
+        channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
+    values = criteria(emb, visual, has_visual, channel)
+    names = sorted(models)
+    report = {}
+    for crit in CRITERIA:
+        if crit not in values[names[0]]:
+            continue
+        x = [values[n][crit] for n in names]
+        y = [truth[n] for n in names]
+        report[crit] = {"spearman": float(spearmanr(x, y).statistic), "kendall": float(kendalltau(x, y).statistic)}
+    regrets = {}
+    for task, group in tasks.items():
+        members = list(group)
+        best = min(truth[m] for m in members)
+        regrets[task] = {"candidates": len(members), "best": min(members, key=lambda m: truth[m]), "best_eer": best}
+        for crit in report:
+            pick = min(members, key=lambda m: values[m][crit])
+            regrets[task][crit] = {"pick": pick, "eer": truth[pick], "regret": (truth[pick] - best) / best}
+    print(json.dumps({"bench": "select_criteria", "data": str(args.data), "recordings": len(utts),
+                      "dev_trials_used": len(sub), "seconds": round(time.perf_counter() - t0, 1),
+                      "truth_dev_eer": truth, "criteria": values, "rank_correlation": report,
+                      "regret": regrets}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

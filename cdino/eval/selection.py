@@ -1,0 +1,189 @@
+"""Label-free criteria for choosing among models: which one would verify speakers best?
+
+A user of cdino has no speaker labels, yet must choose: the cluster count, correction
+settings, how many rounds, which round to ship. Each criterion below scores a model on
+*unlabelled* recordings (lower is better, like an EER) and is measured against the truth
+on the labelled development split (``bench/select_criteria.py``, BENCHMARKS.md).
+
+``own_clusters``  the model's k-means clusters of the recordings as pseudo labels (the
+                  older validation EER, :mod:`cdino.eval.validation`): every model is graded on
+                  clusters *it* finds, so a model that clumps recordings by channel looks good.
+``split``         each recording cut in two halves: the halves of one recording are a
+                  target trial, halves of two recordings a non-target. No model decides the
+                  labels, but the halves share their recording's channel and speaker alike.
+``shared``        one partition for every candidate: k-means of the candidates' embeddings
+                  concatenated (each L2-normalised), so no candidate is graded on its own
+                  clusters alone.
+``cross_view``    for data with a second view (faces): target trials are pairs the *other*
+                  view finds alike (among its nearest neighbours) and that the recordings'
+                  long-term spectra (channel statistics: a session's band, equaliser and
+                  noise) find unlike, i.e. probably one person in two sessions; non-targets are
+                  random pairs. Its errors do not come from the audio model it grades.
+
+All are EERs of cosine scores after subtracting the model's mean, as evaluation scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cdino.metrics import eer
+
+CRITERIA = ("own_clusters", "split", "shared", "cross_view")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _pair_eer(emb: np.ndarray, mean: np.ndarray | None, enroll, test, is_target) -> float:
+    x = _unit(emb - (0 if mean is None else mean))
+    scores = np.einsum("nd,nd->n", x[enroll], x[test])
+    return float(eer(scores, is_target))
+
+
+def _random_nontargets(n: int, count: int, rng: np.random.Generator, avoid=None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random pairs of distinct rows (``avoid(a, b)`` True: redrawn)."""
+    a = rng.integers(0, n, count)
+    b = rng.integers(0, n, count)
+    bad = a == b if avoid is None else (a == b) | avoid(a, b)
+    for _ in range(100):
+        if not bad.any():
+            break
+        b[bad] = rng.integers(0, n, int(bad.sum()))
+        bad = a == b if avoid is None else (a == b) | avoid(a, b)
+    return a, b
+
+
+def own_clusters_eer(emb: np.ndarray, mean: np.ndarray | None, utts_per_cluster: int = 10,
+                     n_trials: int = 20000, seed: int = 0) -> float:
+    """EER on trials from the model's own k-means clusters of ``emb``."""
+    from cdino.eval.threshold import pseudo_label_scores
+    from cdino.pseudo.kmeans import KMeansConfig, cluster
+
+    k = int(np.clip(len(emb) // utts_per_cluster, 2, len(emb) // 2))
+    x = emb - (0 if mean is None else mean)
+    labels = np.asarray(cluster(x, KMeansConfig(n_clusters=k, seed=seed)).labels)
+    scores, is_target = pseudo_label_scores(emb, labels, mean, n_trials=n_trials, seed=seed)
+    return float(eer(scores, is_target))
+
+
+def split_eer(first: np.ndarray, second: np.ndarray, mean: np.ndarray | None, n_nontarget: int = 20000,
+              seed: int = 0) -> float:
+    """EER of trials between recording halves: ``first[i]`` with ``second[i]`` (targets),
+    ``first[i]`` with ``second[j]``, ``j != i`` (non-targets)."""
+    n = len(first)
+    rng = np.random.default_rng(seed)
+    a, b = _random_nontargets(n, n_nontarget, rng)
+    x = np.concatenate([first, second])
+    enroll = np.concatenate([np.arange(n), a])
+    test = np.concatenate([np.arange(n) + n, b + n])
+    labels = np.concatenate([np.ones(n, np.int8), np.zeros(len(a), np.int8)])
+    return _pair_eer(x, mean, enroll, test, labels)
+
+
+def shared_partition(embeddings: list[np.ndarray], utts_per_cluster: int = 10, seed: int = 0) -> np.ndarray:
+    """One k-means partition of the recordings for all candidates: their L2-normalised
+    embeddings side by side (each candidate weighs the same whatever its dimension)."""
+    from cdino.pseudo.kmeans import KMeansConfig, cluster
+
+    x = np.concatenate([_unit(e - e.mean(0)) for e in embeddings], axis=1) / np.sqrt(len(embeddings))
+    k = int(np.clip(len(x) // utts_per_cluster, 2, len(x) // 2))
+    return np.asarray(cluster(x, KMeansConfig(n_clusters=k, seed=seed)).labels)
+
+
+def partition_eer(emb: np.ndarray, mean: np.ndarray | None, labels: np.ndarray, n_trials: int = 20000,
+                  seed: int = 0) -> float:
+    """EER of ``emb`` on trials built from a given partition of its recordings."""
+    from cdino.eval.threshold import pseudo_label_scores
+
+    scores, is_target = pseudo_label_scores(emb, labels, mean, n_trials=n_trials, seed=seed)
+    return float(eer(scores, is_target))
+
+
+@dataclass
+class CrossViewTrials:
+    """Trials of recordings chosen by the other view (see the module docstring)."""
+
+    enroll: np.ndarray
+    test: np.ndarray
+    is_target: np.ndarray
+
+
+def cross_view_trials(visual: np.ndarray, has_visual: np.ndarray, channel: np.ndarray,
+                      neighbours: int = 5, n_nontarget: int = 20000, seed: int = 0) -> CrossViewTrials:
+    """Targets: for every recording with a face, among its ``neighbours`` nearest faces, the
+    one whose channel statistics (``channel``, e.g. mean/std log-mel of the recording) are
+    least alike — probably the same person in another session. Non-targets: random pairs
+    of recordings with faces."""
+    rows = np.flatnonzero(has_visual)
+    if len(rows) < neighbours + 2:
+        raise ValueError(f"cross-view trials need more than {neighbours + 1} recordings with a second view")
+    v = _unit(visual[rows])
+    c = _unit(channel[rows] - channel[rows].mean(0))
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    near = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
+    chan = np.einsum("nd,nkd->nk", c, c[near])
+    pick = near[np.arange(len(rows)), chan.argmin(1)]
+    enroll_t, test_t = rows, rows[pick]
+    rng = np.random.default_rng(seed)
+    a, b = _random_nontargets(len(rows), n_nontarget, rng)
+    enroll = np.concatenate([enroll_t, rows[a]])
+    test = np.concatenate([test_t, rows[b]])
+    labels = np.concatenate([np.ones(len(rows), np.int8), np.zeros(len(a), np.int8)])
+    return CrossViewTrials(enroll, test, labels)
+
+
+def cross_view_eer(emb: np.ndarray, mean: np.ndarray | None, trials: CrossViewTrials) -> float:
+    return _pair_eer(emb, mean, trials.enroll, trials.test, trials.is_target)
+
+
+@dataclass
+class RecordingEmbeddings:
+    """A model's embeddings of unlabelled recordings: whole, and each half on its own."""
+
+    utts: list[str]
+    whole: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    mean: np.ndarray
+
+
+def embed_recordings(model_dir, waves: list[np.ndarray], utts: list[str], device: str = "cpu") -> RecordingEmbeddings:
+    """Embed ``waves`` (16 kHz) whole and by halves with the model folder's encoder."""
+    from cdino.eval.embed import embed_waves
+    from cdino.eval.model_folder import read_model_folder
+
+    model = read_model_folder(model_dir, device=device, optimize="fp32" if device == "cpu" else False)
+    fbank = model.fbank
+
+    def run(ws):
+        return embed_waves(model.encoder, fbank, ws, model.device).float().cpu().numpy()
+
+    halves = [(w[: len(w) // 2], w[len(w) // 2:]) for w in waves]
+    return RecordingEmbeddings(utts, run(waves), run([h[0] for h in halves]), run([h[1] for h in halves]),
+                               np.asarray(model.mean, dtype=np.float64))
+
+
+def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | None = None,
+             has_visual: np.ndarray | None = None, channel: np.ndarray | None = None,
+             seed: int = 0) -> dict[str, dict[str, float]]:
+    """Every criterion (:data:`CRITERIA`; ``cross_view`` only with a second view and channel
+    statistics) for every candidate: ``{candidate: {criterion: value}}``, lower is better."""
+    shared = shared_partition([c.whole for c in candidates.values()], seed=seed)
+    views = None
+    if visual is not None and channel is not None:
+        views = cross_view_trials(visual, has_visual, channel, seed=seed)
+    out = {}
+    for name, c in candidates.items():
+        row = {"own_clusters": own_clusters_eer(c.whole, c.mean, seed=seed),
+               "split": split_eer(c.first, c.second, c.mean, seed=seed),
+               "shared": partition_eer(c.whole, c.mean, shared, seed=seed)}
+        if views is not None:
+            row["cross_view"] = cross_view_eer(c.whole, c.mean, views)
+        out[name] = row
+    return out
