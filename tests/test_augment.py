@@ -319,3 +319,25 @@ def test_channels_limit_the_band_keep_the_level_and_leave_the_other_draws(banks:
     assert len(levels) <= 256 and not torch.equal(q, x[:2])
     with pytest.raises(ConfigError, match="channel_prob"):
         AugmentConfig(channel_prob=1.5).validate()
+
+
+def test_feature_masks_zero_spans_of_bands_and_frames() -> None:
+    from cdino.frontend.augment import mask_features
+
+    feats = torch.randn(16, 120, 80) + 5.0  # no zeros of its own
+    cfg = AugmentConfig(freq_masks=2, freq_mask_width=10, time_masks=1, time_mask_width=20)
+    out = mask_features(feats, cfg, torch.Generator().manual_seed(0))
+    zero = out == 0
+    bands = zero.all(1)  # (B, F): bands masked over every frame
+    frames = zero.all(2)  # (B, T)
+    assert bands.any() and frames.any()
+    assert (bands.sum(1) <= 20).all() and (frames.sum(1) <= 20).all()
+    kept = ~zero
+    assert torch.equal(out[kept], feats[kept])
+    # a masked band is a contiguous span in each row (at most two spans)
+    for row in bands:
+        edges = torch.diff(row.int()).abs().sum()
+        assert edges <= 4
+    again = mask_features(feats, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(mask_features(feats, AugmentConfig()), feats)  # off by default

@@ -14,6 +14,10 @@ arithmetic:
   powers); ``speech`` is babble: the sum of 3–7 clips, each at unit power;
 * speed perturbation — resampling by linear interpolation (0.9 / 1.0 / 1.1), cut or
   zero-padded back to the input length; off by default;
+* feature masks — SpecAugment-style: after the fbank, a few random bands of mel
+  channels and of frames per crop are set to 0 (the mean, after mean normalisation), so
+  no single band (a session's hum, its noise floor above a band limit) can carry a
+  decision; off by default (``freq_masks``, ``time_masks``);
 * channel — what a microphone, a line and a codec do to a recording: band limits
   (a random high-pass and low-pass, or a telephone band of about 300–3400 Hz followed by
   8-bit μ-law companding) and a random equaliser (low shelf, high shelf and a peak, each
@@ -74,6 +78,10 @@ class AugmentConfig:
     channel_highpass_hz: tuple[float, float] = (20.0, 250.0)  # range of the high-pass edge of a wideband channel
     channel_lowpass_hz: tuple[float, float] = (3500.0, 8000.0)  # range of the low-pass edge of a wideband channel (8000: none at 16 kHz)
     channel_eq_db: float = 6.0  # largest gain of the channel's equaliser sections (low shelf, high shelf, one peak)
+    freq_masks: int = 0  # SpecAugment-style masks over mel bands per crop (after fbank and mean normalisation; masked bands set to 0)
+    freq_mask_width: int = 10  # widest frequency mask, in mel bands (each mask's width drawn from 0..this)
+    time_masks: int = 0  # masks over frames per crop
+    time_mask_width: int = 20  # widest time mask, in frames
 
     def validate(self) -> None:
         probs = (self.reverb_prob, self.noise_prob, self.reverb_noise_prob)
@@ -106,6 +114,9 @@ class AugmentConfig:
                 raise ConfigError(f"{name}: need 0 <= low <= high, got {[lo, hi]}")
         if not 0.0 <= self.channel_eq_db <= 24.0:
             raise ConfigError(f"channel_eq_db: must lie in [0, 24], got {self.channel_eq_db}")
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
     def snr_range(self, category: str) -> tuple[float, float]:
         return getattr(self, f"{category}_snr")
@@ -463,6 +474,31 @@ def apply_channel(wave: Tensor, p: dict[str, Tensor], sample_rate: int = 16000, 
         out = torch.where(p["telephone"][:, None], coded, out)
     level = torch.linalg.vector_norm(wave, dim=-1) / torch.linalg.vector_norm(out, dim=-1).clamp_min(1e-10)
     return out * level[:, None]
+
+
+def _span_mask(n: int, size: int, count: int, width: int, u: Tensor) -> Tensor:
+    """``(n, size)`` bool: ``count`` random spans per row of widths 0..``width`` (``u``:
+    uniforms ``(2 * count, n)``)."""
+    pos = torch.arange(size, device=u.device)
+    w = (u[:count] * (width + 1)).long().clamp_max(width)  # (count, n)
+    start = (u[count:] * (size - w + 1).clamp_min(1)).long()
+    inside = (pos[None, None, :] >= start[:, :, None]) & (pos[None, None, :] < (start + w)[:, :, None])
+    return inside.any(0)
+
+
+def mask_features(feats: Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> Tensor:
+    """SpecAugment-style masks of ``feats (B, T, F)``: ``cfg.freq_masks`` spans of mel bands
+    and ``cfg.time_masks`` spans of frames per row set to 0; one draw of ``generator``."""
+    if not (cfg.freq_masks or cfg.time_masks):
+        return feats
+    b, t, f = feats.shape
+    u = _uniform((2 * (cfg.freq_masks + cfg.time_masks), b), generator, feats.device)
+    keep = torch.ones(b, t, f, dtype=torch.bool, device=feats.device)
+    if cfg.freq_masks:
+        keep &= ~_span_mask(b, f, cfg.freq_masks, min(cfg.freq_mask_width, f), u[: 2 * cfg.freq_masks])[:, None, :]
+    if cfg.time_masks:
+        keep &= ~_span_mask(b, t, cfg.time_masks, min(cfg.time_mask_width, t), u[2 * cfg.freq_masks:])[:, :, None]
+    return feats * keep
 
 
 def _apply_rows(x: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor], compact: bool) -> Tensor:

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdino.frontend.augment import AugmentBanks, AugmentConfig, Augmenter
+from cdino.frontend.augment import AugmentBanks, AugmentConfig, Augmenter, mask_features
 from cdino.frontend.fbank import Fbank, FbankConfig
 
 
 class FeatureFrontend(nn.Module):
-    """Raw crops → (augmented) → log-mel fbank, batched on the crops' device."""
+    """Raw crops → (augmented) → log-mel fbank (→ feature masks), batched on the crops' device."""
 
     def __init__(self, fbank: FbankConfig, augment: AugmentConfig | None,
                  banks: AugmentBanks | None) -> None:
@@ -45,6 +45,8 @@ class FeatureFrontend(nn.Module):
         if augment and self.augmenter is not None:
             flat = self.augmenter(flat, generator=generator)
         feats = self.fbank(flat)
+        if augment and self.augmenter is not None:
+            feats = mask_features(feats, self.augmenter.cfg, generator)
         return feats.reshape(*shape[:-1], *feats.shape[-2:])
 
 
