@@ -61,6 +61,7 @@ class DataSpec:
     test: str | None = None  # test data folder
     trials: str | None = None  # trials file for the test folder
     valid: str | None = None  # a held-out part of the training data (label-free validation; see `validation`)
+    dev: str | None = None  # a labelled development folder (with trials) to choose recipe settings on; default: the simulated corpus's dev/
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RecipeConfig:
     seeds: list[int] = field(default_factory=list)  # a study: the pipeline once per training seed into EXP/seed{S}/
     final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round)
     bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
+    evaluate_dev: bool = False  # also evaluate every stage on the labelled dev split (dev_eer ...): what recipe settings are chosen on, never the test trials
     validation: float = 0.0  # hold out this fraction of the training utterances from every stage and report each stage's label-free validation EER on them (cdino.eval.validation); 0: none
 
     def validate(self) -> None:
@@ -160,6 +162,15 @@ class MethodPipeline(StagedRun):
         return self.out / "split" / "valid" if self.r.validation > 0 else None
 
     @property
+    def dev_dir(self) -> Path | None:
+        """The labelled development folder (speakers of neither train nor test), or ``None``."""
+        if self.r.data.dev:
+            return Path(self.r.data.dev)
+        if self.r.data.train:
+            return None
+        return self.out / "corpus" / "dev"
+
+    @property
     def test_dir(self) -> Path:
         return Path(self.r.data.test) if self.r.data.test else self.out / "corpus" / "test"
 
@@ -214,8 +225,10 @@ class MethodPipeline(StagedRun):
             barrier()
         t_start = time.perf_counter()
         valid = self.valid_dir
+        dev = self.dev_dir
         data = DataSpec(train=str(self.train_dir), test=str(self.test_dir), trials=str(self.trials),
-                        valid=str(valid) if valid else None)
+                        valid=str(valid) if valid else None,
+                        dev=str(dev) if dev is not None and dev.is_dir() else None)
         for seed in self.r.seeds:
             if is_main():
                 print(f"[seed {seed}] running the pipeline into {self.out / f'seed{seed}'}", flush=True)
@@ -249,6 +262,12 @@ class MethodPipeline(StagedRun):
                             scores_out=edir / "scores.txt", progress=False, label=name,
                             device=device, distributed=True, optimize="fp32",
                             num_workers=cfg.data.num_workers))
+        dev = self.dev_dir
+        if self.r.evaluate_dev and dev is not None and (dev / "trials").is_file():
+            got = run_eval(model_dir, dev, dev / "trials", edir / "dev.json", scores_out=edir / "dev_scores.txt",
+                           progress=False, label=f"{name} dev", device=device, distributed=True, optimize="fp32",
+                           num_workers=cfg.data.num_workers)
+            res.update({f"dev_{k}": got[k] for k in ("eer", "mindcf_0.01", "mindcf_0.05")} if got else {})
         if self.valid_dir is not None:  # label-free: pseudo-label trials of held-out training utterances
             from cdino.eval.validation import validation_eer
 

@@ -12,7 +12,8 @@ from cdino.atomic import write_text
 
 TARGETS_NOTE = ("targets: goals of the method's paper that this run's figures are checked against, "
                 "for information; nothing is tuned on them")
-METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05", "valid_eer")  # valid_eer: label-free (held-out training utterances)
+METRIC_KEYS = ("eer", "mindcf_0.01", "mindcf_0.05", "valid_eer",  # valid_eer: label-free (held-out training utterances)
+               "dev_eer", "dev_mindcf_0.01", "dev_mindcf_0.05")  # dev_*: the labelled dev split settings are chosen on
 
 
 def _scores(out: Path, name: str):
@@ -175,16 +176,21 @@ def write_report(pipe, final: str) -> dict:
              "nothing was selected on the test trials."
              + (" *valid EER* is label-free: trials from k-means pseudo labels of training utterances "
                 "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else ""), "",
-             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | NMI | valid EER % | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+             + (" *dev EER* is on the labelled development split (speakers of neither train nor test) "
+                "that recipe settings are chosen on." if any("dev_eer" in st for st in results["stages"]) else "")
+             + " NMI and purity score each round's pseudo labels against the true training speakers "
+             "(a diagnostic; nothing reads them to decide).", "",
+             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | dev EER % | NMI | purity | valid EER % | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def row(name, s):
         ci = s.get("eer_ci95")
         ci_txt = f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}" if ci else "–"
         nmi = f"{s['nmi']:.3f}" if "nmi" in s else "–"
+        pur = f"{s['purity']:.3f}" if "purity" in s else "–"
         return (f"| {name} | {_fmt_pct(s.get('eer'))} | {ci_txt} | {s.get('mindcf_0.01', float('nan')):.3f} | "
-                f"{s.get('mindcf_0.05', float('nan')):.3f} | {nmi} | {_fmt_pct(s.get('valid_eer'))} | "
-                f"{s.get('seconds', 0):.0f} |")
+                f"{s.get('mindcf_0.05', float('nan')):.3f} | {_fmt_pct(s.get('dev_eer'))} | {nmi} | {pur} | "
+                f"{_fmt_pct(s.get('valid_eer'))} | {s.get('seconds', 0):.0f} |")
 
     for name, s in results["baselines"].items():
         lines.append(row(f"baseline: {name}", s))
