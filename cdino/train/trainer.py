@@ -281,8 +281,9 @@ class Trainer:
         self.student = method.student.to(self.device)
         if world > 1 and self.device.type == "cuda":
             # Batch statistics over the global micro-batch, for the student and (DINO) the
-            # teacher alike. gloo has no SyncBatchNorm: on CPUs statistics stay per rank, so
-            # equal trainer.micro_batch gives equal results for any number of ranks.
+            # teacher alike. gloo has no SyncBatchNorm: on CPUs each rank normalises its own
+            # micro-batch (fix trainer.micro_batch for the same batches on any number of
+            # ranks) and the running statistics are combined after each step (running_stats).
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             method.student = self.student
             if getattr(method, "teacher", None) is not None:
