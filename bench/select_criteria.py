@@ -36,47 +36,22 @@ def main(argv=None) -> int:
     import yaml
     from scipy.stats import kendalltau, spearmanr
 
-    from cdino.data.audio import load_audio
-    from cdino.data.kaldi_dir import DataDir, read_trials, read_visual
-    from cdino.eval.baselines import fbank_statistics
-    from cdino.eval.selection import CRITERIA, criteria, embed_recordings
+    from cdino.data.kaldi_dir import Trials, read_trials
+    from cdino.eval.selection import CRITERIA, score_candidates
     from cdino.eval.verification import score_trials
-    from cdino.frontend.fbank import Fbank, FbankConfig
     from cdino.metrics import eer
 
     tasks = yaml.safe_load(args.candidates.read_text())
     models = {name: Path(p) for group in tasks.values() for name, p in group.items()}
-    data = DataDir.load(args.data)
     trials = read_trials(args.trials or args.data / "trials")
-    utts = list(data.utts)
-    if len(utts) > args.max_utts:
-        keep = set(np.random.default_rng(0).choice(utts, args.max_utts, replace=False))
-        utts = [u for u in utts if u in keep]
-    waves = [load_audio(data.wav[u]) for u in utts]
     t0 = time.perf_counter()
-    emb = {name: embed_recordings(path, waves, utts, device=args.device) for name, path in models.items()}
+    values, utts, emb = score_candidates(models, args.data, max_utts=args.max_utts, device=args.device)
     # Truth: the labelled trials among these recordings (dev trials only).
     index = {u: i for i, u in enumerate(utts)}
     sub = [i for i, (e, t) in enumerate(zip(trials.enroll, trials.test)) if e in index and t in index]
-    from cdino.data.kaldi_dir import Trials
-
     dev = Trials([trials.enroll[i] for i in sub], [trials.test[i] for i in sub],
                  np.asarray(trials.labels)[sub], trials.path)
     truth = {name: float(eer(score_trials(e.whole, index, dev, mean=e.mean), dev.labels)) for name, e in emb.items()}
-    visual = has_visual = channel = None
-    got = read_visual(data.root)
-    if got is not None:
-        ids, rows = got
-        row = {u: i for i, u in enumerate(ids)}
-        visual = np.zeros((len(utts), rows.shape[1]), np.float32)
-        has_visual = np.array([u in row for u in utts])
-        for i, u in enumerate(utts):
-            if u in row:
-                visual[i] = rows[row[u]]
-        from dataclasses import replace
-
-        channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
-    values = criteria(emb, visual, has_visual, channel)
     names = sorted(models)
     report = {}
     for crit in CRITERIA:

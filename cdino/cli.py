@@ -216,6 +216,14 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from cdino.verbs import run_select
+
+    run_select(args.candidates, args.data, criterion=args.criterion, json_out=args.json,
+               max_utts=args.max_utts, device=_device(args.device))
+    return 0
+
+
 def cmd_run(args) -> int:
     from cdino.pipeline.run import run_recipe
 
@@ -405,6 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="decide at this score instead of the model's threshold")
     s.add_argument("--device", default="auto", help=device_help)
     s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("select", help="choose among candidate models without labels (label-free criteria)")
+    s.add_argument("candidates", nargs="+", metavar="MODEL", help="candidate model folders (two or more)")
+    s.add_argument("--data", required=True, help="data folder of unlabelled recordings from your domain "
+                                                 "(visual.npy + visual_utts.txt, if present, enable cross_view)")
+    s.add_argument("--criterion", default="auto",
+                   help="auto (cross_view with a second view, else shared), cross_view, shared, split, own_clusters")
+    s.add_argument("--json", metavar="OUT", help="write every criterion of every candidate here")
+    s.add_argument("--max-utts", dest="max_utts", type=int, default=800,
+                   help="recordings used (a fixed random subset; default 800)")
+    s.add_argument("--device", default="auto", help=device_help)
+    s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("export", help="export the encoder to ONNX (fbank in, embedding out)")
     s.add_argument("--model", required=True, help="model folder (EXP/model)")

@@ -489,3 +489,41 @@ def run_import_wespeaker(source: PathLike, out: PathLike) -> Path:
     print(f"wrote {path}: WeSpeaker {imported.info['wespeaker_model']} as {describe(imported.config)}; "
           "mean.npy is zero and the threshold unset (docs/wespeaker.md)")
     return path
+
+
+def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: str = "auto",
+               json_out: PathLike | None = None, max_utts: int = 800, device: str = "cpu") -> dict:
+    """``cdino select``: score candidate model folders on a data folder's recordings with the
+    label-free criteria of :mod:`cdino.eval.selection` (its labels, if any, are never read),
+    print a table and the pick (lowest value of ``criterion``; ``auto``: ``cross_view`` where
+    the folder has a second view, else ``shared``), and write all values to ``json_out``."""
+    from cdino.eval.selection import CRITERIA, score_candidates
+
+    paths = [Path(c) for c in candidates]
+    if len(paths) < 2:
+        raise ConfigError("select needs at least two candidate model folders")
+    names = {}
+    for p in paths:
+        read_model_config(p)  # a clear error for a folder that is not a model
+        name = p.parent.name if p.name == "model" else p.name
+        names[name if name not in names else str(p)] = p
+    values, utts, _ = score_candidates(names, data_dir, max_utts=max_utts, device=device)
+    have = list(next(iter(values.values())))
+    if criterion == "auto":
+        criterion = "cross_view" if "cross_view" in have else "shared"
+    if criterion not in CRITERIA:
+        raise ConfigError(f"--criterion: '{criterion}' is not one of auto, {', '.join(CRITERIA)}")
+    if criterion not in have:
+        raise DataError(f"{data_dir}: criterion {criterion} needs a second view (visual.npy + visual_utts.txt)")
+    pick = min(values, key=lambda n: values[n][criterion])
+    width = max(len(n) for n in values)
+    print(f"{'candidate':<{width}}  " + "  ".join(f"{c:>12}" for c in have))
+    for name, row in sorted(values.items(), key=lambda kv: kv[1][criterion]):
+        mark = "  <- pick" if name == pick else ""
+        print(f"{name:<{width}}  " + "  ".join(f"{100 * row[c]:>11.2f}%" for c in have) + mark)
+    print(f"pick by {criterion} (label-free, {len(utts)} recordings of {data_dir}): {names[pick]}")
+    result = {"criterion": criterion, "pick": str(names[pick]), "recordings": len(utts),
+              "candidates": {str(names[n]): row for n, row in values.items()}}
+    if json_out is not None:
+        write_text(Path(json_out), json.dumps(result, indent=1) + "\n")
+    return result

@@ -10,7 +10,7 @@ from cdino.cli import main
 from conftest import write_trials_for
 
 VERBS = ["demo", "run", "corpus", "prepare", "train", "embed", "eval", "verify", "score", "export",
-         "calibrate"]
+         "calibrate", "import", "select"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -230,3 +230,24 @@ def test_a_one_class_trial_list_is_a_one_line_error(tiny_data, tmp_path, capsys)
                    "--device", "cpu", "--workers", "0", *extra])
         err = capsys.readouterr().err
         assert rc == 2 and err == f"error: {trials}: {expected}\n"
+
+
+def test_select_scores_candidates_without_labels_and_names_the_pick(tmp_path, capsys):
+    from conftest import write_speaker_dir
+
+    data = write_speaker_dir(tmp_path / "data", n_speakers=4, utts_per_speaker=6, seconds=1.0, visual_dim=8)
+    (data / "utt2spk").unlink()  # select never needs labels
+    (data / "spk2utt").unlink(missing_ok=True)
+    a = _model_folder(tmp_path / "a" / "model", 16, seed=0)
+    b = _model_folder(tmp_path / "b", 16, seed=1)
+    assert main(["select", str(a), str(b), "--data", str(data), "--json", str(tmp_path / "sel.json"),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    got = json.loads((tmp_path / "sel.json").read_text())
+    assert got["criterion"] == "cross_view" and got["pick"] in (str(a), str(b))
+    assert set(got["candidates"]) == {str(a), str(b)}
+    for row in got["candidates"].values():
+        assert set(row) == {"own_clusters", "split", "shared", "cross_view"} and all(0 <= v <= 1 for v in row.values())
+    assert "<- pick" in out and "pick by cross_view" in out
+    assert main(["select", str(a), "--data", str(data)]) == 2
+    assert "at least two candidate" in capsys.readouterr().err

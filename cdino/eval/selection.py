@@ -187,3 +187,34 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
             row["cross_view"] = cross_view_eer(c.whole, c.mean, views)
         out[name] = row
     return out
+
+
+def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = "cpu",
+                     seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
+    """Every criterion for every candidate model folder (``{name: path}``) on a data folder's
+    recordings (at most ``max_utts``, a fixed random subset; their labels are never read;
+    ``visual.npy`` rows, where the folder has them, give ``cross_view``). Returns the values
+    (:func:`criteria`), the recordings used and the candidates' embeddings of them."""
+    from dataclasses import replace
+
+    from cdino.data.audio import load_audio
+    from cdino.data.kaldi_dir import DataDir, read_visual
+    from cdino.eval.baselines import fbank_statistics
+    from cdino.frontend.fbank import Fbank, FbankConfig
+
+    data = DataDir.load(data_dir)
+    utts = list(data.utts)
+    if len(utts) > max_utts:
+        keep = set(np.random.default_rng(seed).choice(utts, max_utts, replace=False).tolist())
+        utts = [u for u in utts if u in keep]
+    waves = [load_audio(data.wav[u]) for u in utts]
+    emb = {name: embed_recordings(path, waves, utts, device=device) for name, path in models.items()}
+    visual = has_visual = channel = None
+    got = read_visual(data.root)
+    if got is not None:
+        ids, rows = got
+        row = {u: i for i, u in enumerate(ids)}
+        has_visual = np.array([u in row for u in utts])
+        visual = np.stack([rows[row[u]] if u in row else np.zeros(rows.shape[1], np.float32) for u in utts])
+        channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
+    return criteria(emb, visual, has_visual, channel, seed=seed), utts, emb
