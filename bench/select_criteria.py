@@ -25,6 +25,37 @@ from pathlib import Path
 import numpy as np
 
 
+def _subset(utts: list[str], max_utts: int, seed: int = 0) -> list[str]:
+    """The recordings score_candidates uses (the same fixed random subset)."""
+    if len(utts) <= max_utts:
+        return utts
+    keep = set(np.random.default_rng(seed).choice(utts, max_utts, replace=False).tolist())
+    return [u for u in utts if u in keep]
+
+
+def _cached_embedder(args):
+    """``embed(name, path)`` keeping each model folder's embeddings in ``args.cache``, so a
+    rerun only scores."""
+    from cdino.data.audio import load_audio
+    from cdino.data.kaldi_dir import DataDir
+    from cdino.eval.selection import RecordingEmbeddings, embed_recordings
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    def embed(name, path):
+        key = args.cache / (str(path).strip("/").replace("/", "_") + ".npz")
+        if key.is_file():
+            z = np.load(key, allow_pickle=False)
+            return RecordingEmbeddings(list(z["utts"]), z["whole"], z["first"], z["second"], z["mean"])
+        data = DataDir.load(args.data)
+        utts = _subset(list(data.utts), args.max_utts)
+        got = embed_recordings(path, [load_audio(data.wav[u]) for u in utts], utts, device=args.device)
+        np.savez(key, utts=np.array(got.utts), whole=got.whole, first=got.first, second=got.second, mean=got.mean)
+        return got
+
+    return embed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="labelled data folder (dev split) with trials")
@@ -32,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=Path, required=True, help="YAML: task -> {candidate: model folder}")
     ap.add_argument("--max-utts", type=int, default=800, help="recordings the criteria use (a fixed random subset)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", type=Path, help="keep each candidate's embeddings here (a rerun only scores)")
     args = ap.parse_args(argv)
     import yaml
     from scipy.stats import kendalltau, spearmanr
@@ -45,7 +77,8 @@ def main(argv=None) -> int:
     models = {name: Path(p) for group in tasks.values() for name, p in group.items()}
     trials = read_trials(args.trials or args.data / "trials")
     t0 = time.perf_counter()
-    values, utts, emb = score_candidates(models, args.data, max_utts=args.max_utts, device=args.device)
+    embed = _cached_embedder(args) if args.cache else None
+    values, utts, emb = score_candidates(models, args.data, max_utts=args.max_utts, device=args.device, embed=embed)
     # Truth: the labelled trials among these recordings (dev trials only).
     index = {u: i for i, u in enumerate(utts)}
     sub = [i for i, (e, t) in enumerate(zip(trials.enroll, trials.test)) if e in index and t in index]

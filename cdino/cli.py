@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="data folder of unlabelled recordings from your domain "
                                                  "(visual.npy + visual_utts.txt, if present, enable cross_view)")
     s.add_argument("--criterion", default="auto",
-                   help="auto (cross_view with a second view, else shared), cross_view, shared, split, own_clusters")
+                   help="auto (cross_view with a second view, else cross_channel), cross_view, cross_channel, shared, split, own_clusters")
     s.add_argument("--json", metavar="OUT", help="write every criterion of every candidate here")
     s.add_argument("--max-utts", dest="max_utts", type=int, default=800,
                    help="recordings used (a fixed random subset; default 800)")

@@ -496,7 +496,7 @@ def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: st
     """``cdino select``: score candidate model folders on a data folder's recordings with the
     label-free criteria of :mod:`cdino.eval.selection` (its labels, if any, are never read),
     print a table and the pick (lowest value of ``criterion``; ``auto``: ``cross_view`` where
-    the folder has a second view, else ``shared``), and write all values to ``json_out``."""
+    the folder has a second view, else ``cross_channel``), and write all values to ``json_out``."""
     from cdino.eval.selection import CRITERIA, score_candidates
 
     paths = [Path(c) for c in candidates]
@@ -510,7 +510,7 @@ def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: st
     values, utts, _ = score_candidates(names, data_dir, max_utts=max_utts, device=device)
     have = list(next(iter(values.values())))
     if criterion == "auto":
-        criterion = "cross_view" if "cross_view" in have else "shared"
+        criterion = "cross_view" if "cross_view" in have else "cross_channel"
     if criterion not in CRITERIA:
         raise ConfigError(f"--criterion: '{criterion}' is not one of auto, {', '.join(CRITERIA)}")
     if criterion not in have:

@@ -247,7 +247,7 @@ def test_select_scores_candidates_without_labels_and_names_the_pick(tmp_path, ca
     assert got["criterion"] == "cross_view" and got["pick"] in (str(a), str(b))
     assert set(got["candidates"]) == {str(a), str(b)}
     for row in got["candidates"].values():
-        assert set(row) == {"own_clusters", "split", "shared", "cross_view"} and all(0 <= v <= 1 for v in row.values())
+        assert set(row) == {"own_clusters", "split", "shared", "cross_channel", "cross_view"} and all(0 <= v <= 1 for v in row.values())
     assert "<- pick" in out and "pick by cross_view" in out
     assert main(["select", str(a), "--data", str(data)]) == 2
     assert "at least two candidate" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_cross_view_ranks_a_speaker_model_above_a_model_that_clumps_sessions():
     assert 0.0 <= own_clusters_eer(channel_model.whole, None) < 0.5
     values = criteria({"speaker": speaker_model, "channel": channel_model}, face, has, chan)
     assert values["speaker"]["cross_view"] < values["channel"]["cross_view"]
-    assert set(values["speaker"]) == {"own_clusters", "split", "shared", "cross_view"}
+    assert set(values["speaker"]) == {"own_clusters", "split", "shared", "cross_channel", "cross_view"}
 
 
 def test_split_and_shared_partition():

@@ -14,6 +14,9 @@ on the labelled development split (``bench/select_criteria.py``, BENCHMARKS.md).
 ``shared``        one partition for every candidate: k-means of the candidates' embeddings
                   concatenated (each L2-normalised), so no candidate is graded on its own
                   clusters alone.
+``cross_channel`` audio only: as ``cross_view``, with the candidates' embeddings side by side
+                  standing in for the other view (targets: near in all candidates together,
+                  far in channel statistics).
 ``cross_view``    for data with a second view (faces): target trials are pairs the *other*
                   view finds alike (among its nearest neighbours) and that the recordings'
                   long-term spectra (channel statistics: a session's band, equaliser and
@@ -31,7 +34,7 @@ import numpy as np
 
 from cdino.metrics import eer
 
-CRITERIA = ("own_clusters", "split", "shared", "cross_view")
+CRITERIA = ("own_clusters", "split", "shared", "cross_channel", "cross_view")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -85,12 +88,18 @@ def split_eer(first: np.ndarray, second: np.ndarray, mean: np.ndarray | None, n_
     return _pair_eer(x, mean, enroll, test, labels)
 
 
+def side_by_side(embeddings: list[np.ndarray]) -> np.ndarray:
+    """The candidates' centred, L2-normalised embeddings concatenated (each weighs the same
+    whatever its dimension)."""
+    return np.concatenate([_unit(e - e.mean(0)) for e in embeddings], axis=1) / np.sqrt(len(embeddings))
+
+
 def shared_partition(embeddings: list[np.ndarray], utts_per_cluster: int = 10, seed: int = 0) -> np.ndarray:
-    """One k-means partition of the recordings for all candidates: their L2-normalised
-    embeddings side by side (each candidate weighs the same whatever its dimension)."""
+    """One k-means partition of the recordings for all candidates: k-means of
+    :func:`side_by_side`."""
     from cdino.pseudo.kmeans import KMeansConfig, cluster
 
-    x = np.concatenate([_unit(e - e.mean(0)) for e in embeddings], axis=1) / np.sqrt(len(embeddings))
+    x = side_by_side(embeddings)
     k = int(np.clip(len(x) // utts_per_cluster, 2, len(x) // 2))
     return np.asarray(cluster(x, KMeansConfig(n_clusters=k, seed=seed)).labels)
 
@@ -172,10 +181,14 @@ def embed_recordings(model_dir, waves: list[np.ndarray], utts: list[str], device
 def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | None = None,
              has_visual: np.ndarray | None = None, channel: np.ndarray | None = None,
              seed: int = 0) -> dict[str, dict[str, float]]:
-    """Every criterion (:data:`CRITERIA`; ``cross_view`` only with a second view and channel
-    statistics) for every candidate: ``{candidate: {criterion: value}}``, lower is better."""
-    shared = shared_partition([c.whole for c in candidates.values()], seed=seed)
-    views = None
+    """Every criterion (:data:`CRITERIA`; ``cross_channel`` needs channel statistics,
+    ``cross_view`` a second view too) for every candidate: ``{candidate: {criterion: value}}``,
+    lower is better."""
+    wholes = [c.whole for c in candidates.values()]
+    shared = shared_partition(wholes, seed=seed)
+    views = audio = None
+    if channel is not None:
+        audio = cross_view_trials(side_by_side(wholes), np.ones(len(wholes[0]), bool), channel, seed=seed)
     if visual is not None and channel is not None:
         views = cross_view_trials(visual, has_visual, channel, seed=seed)
     out = {}
@@ -183,6 +196,8 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
         row = {"own_clusters": own_clusters_eer(c.whole, c.mean, seed=seed),
                "split": split_eer(c.first, c.second, c.mean, seed=seed),
                "shared": partition_eer(c.whole, c.mean, shared, seed=seed)}
+        if audio is not None:
+            row["cross_channel"] = cross_view_eer(c.whole, c.mean, audio)
         if views is not None:
             row["cross_view"] = cross_view_eer(c.whole, c.mean, views)
         out[name] = row
@@ -190,10 +205,11 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
 
 
 def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = "cpu",
-                     seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
+                     seed: int = 0, embed=None) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
     """Every criterion for every candidate model folder (``{name: path}``) on a data folder's
     recordings (at most ``max_utts``, a fixed random subset; their labels are never read;
-    ``visual.npy`` rows, where the folder has them, give ``cross_view``). Returns the values
+    ``visual.npy`` rows, where the folder has them, give ``cross_view``; ``embed(name, path)``
+    replaces :func:`embed_recordings`, e.g. to read cached embeddings). Returns the values
     (:func:`criteria`), the recordings used and the candidates' embeddings of them."""
     from dataclasses import replace
 
@@ -208,13 +224,14 @@ def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = 
         keep = set(np.random.default_rng(seed).choice(utts, max_utts, replace=False).tolist())
         utts = [u for u in utts if u in keep]
     waves = [load_audio(data.wav[u]) for u in utts]
-    emb = {name: embed_recordings(path, waves, utts, device=device) for name, path in models.items()}
-    visual = has_visual = channel = None
+    embed = embed or (lambda name, path: embed_recordings(path, waves, utts, device=device))
+    emb = {name: embed(name, path) for name, path in models.items()}
+    visual = has_visual = None
+    channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
     got = read_visual(data.root)
     if got is not None:
         ids, rows = got
         row = {u: i for i, u in enumerate(ids)}
         has_visual = np.array([u in row for u in utts])
         visual = np.stack([rows[row[u]] if u in row else np.zeros(rows.shape[1], np.float32) for u in utts])
-        channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
     return criteria(emb, visual, has_visual, channel, seed=seed), utts, emb
