@@ -5,10 +5,13 @@ without target labels, by pseudo-label rounds with DLG-LC on the unlabelled targ
               target: a second domain such as ``telephone``), or checks the data folders
     source    the model to adapt: an existing model folder, or supervised training on the
               labelled source data (true labels, as ``cdino train --method supervised``)
-    adapt     R rounds of extract → k-means → AAM + DLG-LC training on the target training
-              folder, starting from the source model; its labels are never read
-    oracle    supervised training on the target's true labels for as many steps as the
-              adaptation took (the upper reference); skipped when the target has no utt2spk
+    adapt     the source model aligned to the target without labels (target BatchNorm
+              statistics, mean and calibration: cdino.train.domain), then R rounds of extract →
+              k-means → AAM + DLG-LC training on the target training folder from it; its
+              labels are never read
+    oracle    supervised training on the target's true labels from the source model, for as
+              many steps as the adaptation took (the upper reference); skipped when the
+              target has no utt2spk
     report    results.json + report.md; the adapted model copied to EXP/model/
 
 Every model is evaluated after it trains, for reporting only: the source model, the
@@ -84,6 +87,8 @@ class AdaptGoals:
 
     gap_closed: float = 0.5  # adapted closes at least this fraction of the source → oracle target-EER gap
     max_source_loss: float = 0.10  # adapted loses at most this relative source-domain EER
+    max_actdcf: float = 1.0  # the adapted model's label-free calibration: actDCF(0.01) on the target at most this ...
+    max_cllr_ratio: float = 1.2  # ... and Cllr at most this multiple of min Cllr
 
 
 @dataclass
@@ -99,6 +104,8 @@ class AdaptRecipeConfig:
     adapt: dict = field(default_factory=dict)  # overrides of the DLG-LC rounds on the target (pseudo.rounds, kmeans ...)
     oracle: dict = field(default_factory=dict)  # overrides of the oracle; its epochs, steps per epoch and global batch are the adaptation's
     run_oracle: bool = True  # train the oracle (needs the target's utt2spk)
+    align: bool = True  # before the rounds, align the source model to the target without labels: target BatchNorm statistics, mean and calibration (cdino.train.domain)
+    oracle_from_source: bool = True  # the oracle fine-tunes the source model (True) or trains from scratch
     goals: AdaptGoals = field(default_factory=AdaptGoals)
     bootstrap: int = 500  # bootstrap resamples for the EER confidence intervals
 
@@ -295,7 +302,17 @@ class AdaptPipeline(StagedRun):
                                      "seconds": summary["seconds"], **round_diagnostics(summary)}
 
         t0 = time.perf_counter()
-        summaries = train_pseudo_rounds(self.train_config("adapt"), self.target_data()[0], self.source_model_dir,
+        start, aligned = self.source_model_dir, None
+        if self.r.align:  # label-free: target BatchNorm statistics, centring and calibration first
+            from cdino.train.domain import align_to_domain
+            from cdino.train.stages import model_complete
+
+            start = out / "aligned"
+            if not model_complete(start):
+                align_to_domain(self.source_model_dir, self.train_config("adapt"), self.target_data()[0], start)
+            aligned = {"target": self._on_target(start, "aligned"),
+                       "source_domain": self._on_source(start, "aligned")}
+        summaries = train_pseudo_rounds(self.train_config("adapt"), self.target_data()[0], start,
                                         out, resume=True, on_round=on_round)
         for s in summaries:  # rounds finished by an earlier run
             name = f"adapt_r{s['round']}"
@@ -304,7 +321,7 @@ class AdaptPipeline(StagedRun):
                                 "seconds": s["seconds"], **round_diagnostics(s)}
         steps = sum(max((st for st, _ in list_checkpoints(out / f"round{r}" / "checkpoints")), default=0)
                     for r in range(1, self.rounds + 1))
-        return {"rounds": rounds, "steps": steps, "model": str(self.adapted_model_dir),
+        return {"rounds": rounds, "steps": steps, "model": str(self.adapted_model_dir), "aligned": aligned,
                 "target": rounds.get(f"adapt_r{self.rounds}", {}),
                 "source_domain": self._on_source(self.adapted_model_dir, "after"),
                 "seconds": time.perf_counter() - t0}
@@ -324,7 +341,8 @@ class AdaptPipeline(StagedRun):
         out = self.out / "oracle"
         if not model_complete(out / "model"):
             train_supervised(self.train_config("oracle"), self.target_data()[0], out,
-                             resume=(out / "checkpoints").is_dir())
+                             resume=(out / "checkpoints").is_dir(),
+                             init=self.source_model_dir if self.r.oracle_from_source else None)
         return {"model": str(out / "model"), "steps": read_model_info(out / "model").get("steps"),
                 "target": self._on_target(out / "model", "oracle"), "seconds": time.perf_counter() - t0}
 

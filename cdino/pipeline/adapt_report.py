@@ -15,7 +15,7 @@ from cdino.pipeline.staged_run import print_finished
 
 GOALS_NOTE = ("goals: what the adaptation should achieve (the recipe's `goals`), checked against this "
               "run's figures for information; nothing is tuned on them")
-METRICS = ("eer", "mindcf_0.01", "mindcf_0.05", "cllr", "min_cllr", "n_trials")
+METRICS = ("eer", "mindcf_0.01", "mindcf_0.05", "cllr", "min_cllr", "actdcf_0.01", "actdcf_0.05", "n_trials")
 
 
 def _entry(res: dict | None, scores_path: Path, labels, n_boot: int) -> dict | None:
@@ -65,6 +65,17 @@ def _goals(res: dict, goals) -> dict:
         loss["value"] = (after - before) / before if before > 0 else (0.0 if after <= 0 else math.inf)
         loss["status"] = "met" if loss["value"] <= goals.max_source_loss else "missed"
     out["source_forgetting"] = loss
+    adapted = tgt.get("adapted") or {}
+    cal = {"target": goals.max_actdcf, "cllr_ratio_target": goals.max_cllr_ratio,
+           "value": adapted.get("actdcf_0.01"), "status": "not measured"}
+    if cal["value"] is None:
+        cal["why"] = "the adapted model has no calibration"
+    else:
+        ratio = adapted["cllr"] / adapted["min_cllr"] if adapted.get("min_cllr") else math.inf
+        cal["cllr_over_min"] = ratio
+        ok = cal["value"] <= goals.max_actdcf and ratio <= goals.max_cllr_ratio
+        cal["status"] = "met" if ok else "missed"
+    out["calibration"] = cal
     return out
 
 
@@ -82,10 +93,13 @@ def collect_adapt_results(pipe) -> dict:
 
     src, ada, ora = pipe.stage_info("source"), pipe.stage_info("adapt"), pipe.stage_info("oracle")
     last = f"adapt_r{pipe.rounds}"
+    aligned = ada.get("aligned") or {}
     res = {
-        "target": {"source": entry(src, "target/source"), "adapted": entry(ada, f"target/{last}"),
-                   "oracle": entry(ora, "target/oracle")},
-        "source_domain": {"before": entry(src, "source_domain/before"), "after": entry(ada, "source_domain/after")},
+        "target": {"source": entry(src, "target/source"), "aligned": entry(aligned, "target/aligned"),
+                   "adapted": entry(ada, f"target/{last}"), "oracle": entry(ora, "target/oracle")},
+        "source_domain": {"before": entry(src, "source_domain/before"),
+                          "aligned": entry(aligned, "source_domain/aligned"),
+                          "after": entry(ada, "source_domain/after")},
     }
     seconds = {s: pipe.stage_info(s).get("seconds") for s in pipe.stages[:-1]}
     seconds["total"] = sum(v for v in seconds.values() if v)
@@ -103,7 +117,8 @@ def collect_adapt_results(pipe) -> dict:
         "adapt": res,
         "rounds": rounds,
         "steps": {"source": src.get("steps"), "adapt": ada.get("steps"), "oracle": ora.get("steps")},
-        "oracle": ora.get("skipped", "trained on the target's true labels, as many steps as the adaptation"),
+        "oracle": ora.get("skipped", "trained on the target's true labels, as many steps as the adaptation"
+                          + (", from the source model" if pipe.r.oracle_from_source else ", from scratch")),
         "goals": _goals(res, pipe.r.goals),
         "final": last,
         "seconds": seconds,
@@ -133,6 +148,12 @@ def _goal_lines(goals: dict) -> list[str]:
             else f.get("why", ""))
     lines.append(f"adapted model loses ≤ {100 * f['target']:.0f} % relative on the source domain: "
                  f"**{f['status']}** ({text})")
+    c = goals.get("calibration")
+    if c is not None:
+        text = (f"actDCF(0.01) {c['value']:.3f}, Cllr / minCllr {c['cllr_over_min']:.2f}" if c["value"] is not None
+                else c.get("why", ""))
+        lines.append(f"adapted model's label-free calibration holds on the target (actDCF(0.01) ≤ {c['target']:g}, "
+                     f"Cllr ≤ {c['cllr_ratio_target']:g} × minCllr): **{c['status']}** ({text})")
     return lines
 
 
@@ -141,17 +162,22 @@ def adapt_report_md(results: dict) -> str:
     t, s = a["target"], a["source_domain"]
     oracle_steps = f", {steps['oracle']} steps" if steps.get("oracle") else ""
     rows = [("(a) source model", t["source"], s["before"]),
+            ("(a') aligned (target BatchNorm statistics, mean, calibration; no labels, no training)",
+             t.get("aligned"), s.get("aligned")),
             (f"(b) adapted ({len(results['rounds'])} DLG-LC rounds, {steps.get('adapt')} steps)", t["adapted"], s["after"]),
             (f"(c) oracle (target labels{oracle_steps})", t["oracle"], None)]
+    rows = [r for r in rows if r[1] is not None or not r[0].startswith("(a')")]
     out = [f"# Domain adaptation: {results['name']}", "",
            "Target-domain trials score the models on the domain adapted to; source-domain trials show "
            "what the adaptation forgets. EER in % (95 % bootstrap interval over trials), minDCF absolute. "
            "The adaptation used no target labels.", "",
-           "| model | target EER % | target minDCF 0.01 | target minDCF 0.05 | source-domain EER % | source-domain minDCF 0.01 |",
-           "|---|---|---|---|---|---|"]
+           "| model | target EER % | target minDCF 0.01 | target minDCF 0.05 | target actDCF 0.01 | target Cllr / minCllr | source-domain EER % | source-domain minDCF 0.01 |",
+           "|---|---|---|---|---|---|---|---|"]
     for name, tgt, src in rows:
+        cllr = (f"{tgt['cllr']:.3f} / {tgt['min_cllr']:.3f}" if tgt and tgt.get("cllr") is not None
+                and tgt.get("min_cllr") is not None else "–")
         out.append(f"| {name} | {_pct(tgt)} | {_pct(tgt, 'mindcf_0.01')} | {_pct(tgt, 'mindcf_0.05')} | "
-                   f"{_pct(src)} | {_pct(src, 'mindcf_0.01')} |")
+                   f"{_pct(tgt, 'actdcf_0.01')} | {cllr} | {_pct(src)} | {_pct(src, 'mindcf_0.01')} |")
     out += ["", "## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])]
     if results["rounds"]:
         out += ["", "## Rounds (target test trials; clustering scored against the target labels, diagnostics only)", "",
