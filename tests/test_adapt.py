@@ -113,12 +113,24 @@ def test_adapt_quick_runs_end_to_end(adapt_quick):
                   a["source_domain"]["before"], a["source_domain"]["after"]):
         assert all(0.0 <= entry[k] <= 1.0 for k in KEYS)
         assert entry["eer_ci95"][0] <= entry["eer"] <= entry["eer_ci95"][1]
-    assert all(a["target"]["adapted"][k] == results["rounds"]["adapt_r2"][k] for k in KEYS)  # the last round
+    # the stop rule picked the shipped model among the aligned model and the rounds, without labels
+    sel = results["selection"]
+    assert set(sel["values"]) == {"aligned", "adapt_r1", "adapt_r2"} and results["final"] == sel["pick"]
+    assert sel["criterion"] == "cross_view"  # the simulated target has a face proxy
+    assert sel["pick"] == min(sel["values"], key=lambda n: sel["values"][n]["cross_view"])
+    shipped = a["target"]["aligned"] if sel["pick"] == "aligned" else results["rounds"][sel["pick"]]
+    assert all(a["target"]["adapted"][k] == shipped[k] for k in KEYS)
+    from safetensors.numpy import load_file
+
+    folder = out / "adapt" / ("aligned" if sel["pick"] == "aligned" else f"round{sel['pick'][-1]}/model")
+    got, want = load_file(str(out / "model" / "encoder.safetensors")), load_file(str(folder / "encoder.safetensors"))
+    assert all((got[k] == want[k]).all() for k in want)  # the exported model is the pick
     assert results["steps"]["adapt"] == results["steps"]["oracle"] > 0  # the oracle at equal steps
     for goal in results["goals"].values():
         assert goal["status"] in ("met", "missed", "not measured")
     report = (out / "report.md").read_text()
     assert "| (a) source model |" in report and "| (c) oracle" in report and "## Goals" in report
+    assert "## Stop rule" in report and "(shipped)" in report
     import cdino
 
     model = cdino.load_model(out / "model")  # the adapted model, exported

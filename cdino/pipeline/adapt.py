@@ -106,6 +106,7 @@ class AdaptRecipeConfig:
     run_oracle: bool = True  # train the oracle (needs the target's utt2spk)
     align: bool = True  # before the rounds, align the source model to the target without labels: target BatchNorm statistics, mean and calibration (cdino.train.domain)
     oracle_from_source: bool = True  # the oracle fine-tunes the source model (True) or trains from scratch
+    ship: str = "select"  # the model exported: "select" = the aligned model or a round, picked by the label-free criterion on the target recordings (cdino.eval.selection; the stop rule); "last" = the last round
     goals: AdaptGoals = field(default_factory=AdaptGoals)
     bootstrap: int = 500  # bootstrap resamples for the EER confidence intervals
 
@@ -120,6 +121,8 @@ class AdaptRecipeConfig:
                               "(labelled data to train one on), not both")
         if self.bootstrap < 0:
             raise ConfigError(f"bootstrap: must be >= 0, got {self.bootstrap}")
+        if self.ship not in ("select", "last"):
+            raise ConfigError(f"ship: 'select' or 'last', got '{self.ship}'")
 
 
 def load_adapt_recipe(source: str | Path, overrides=()) -> AdaptRecipeConfig:
@@ -212,7 +215,9 @@ class AdaptPipeline(StagedRun):
 
     @property
     def adapted_model_dir(self) -> Path:
-        return self.out / "adapt" / f"round{self.rounds}" / "model"
+        """The model the adaptation ships (the stop rule's pick, or the last round)."""
+        model = self.stage_info("adapt").get("model")
+        return Path(model) if model else self.out / "adapt" / f"round{self.rounds}" / "model"
 
     def target_has_labels(self) -> bool:
         return (self.target_data()[0] / "utt2spk").is_file()
@@ -321,10 +326,33 @@ class AdaptPipeline(StagedRun):
                                 "seconds": s["seconds"], **round_diagnostics(s)}
         steps = sum(max((st for st, _ in list_checkpoints(out / f"round{r}" / "checkpoints")), default=0)
                     for r in range(1, self.rounds + 1))
-        return {"rounds": rounds, "steps": steps, "model": str(self.adapted_model_dir), "aligned": aligned,
-                "target": rounds.get(f"adapt_r{self.rounds}", {}),
-                "source_domain": self._on_source(self.adapted_model_dir, "after"),
+        candidates = {f"adapt_r{r}": out / f"round{r}" / "model" for r in range(1, self.rounds + 1)}
+        if aligned is not None:
+            candidates = {"aligned": start, **candidates}
+        shipped, selection = f"adapt_r{self.rounds}", None
+        if self.r.ship == "select" and len(candidates) > 1:
+            selection = self._select(candidates)
+            shipped = selection["pick"]
+        return {"rounds": rounds, "steps": steps, "model": str(candidates[shipped]), "aligned": aligned,
+                "shipped": shipped, "selection": selection,
+                "target": aligned["target"] if shipped == "aligned" else rounds.get(shipped, {}),
+                "source_domain": self._on_source(candidates[shipped], "after"),
                 "seconds": time.perf_counter() - t0}
+
+    def _select(self, candidates: dict) -> dict:
+        """The stop rule: the candidate with the lowest label-free criterion on the target
+        training recordings (rank 0 scores, every rank gets the answer)."""
+        from cdino.distributed import resolve_device, shared_by_rank0
+        from cdino.eval.selection import score_candidates
+
+        def pick() -> dict:
+            device = str(resolve_device(self.train_config("adapt").trainer.device))
+            values, _, _ = score_candidates(candidates, self.target_data()[0], device=device)
+            criterion = "cross_view" if "cross_view" in next(iter(values.values())) else "cross_channel"
+            best = min(values, key=lambda n: values[n][criterion])
+            return {"criterion": criterion, "pick": best, "values": values}
+
+        return shared_by_rank0(pick)
 
     def stage_oracle(self) -> dict:
         from cdino.distributed import is_main

@@ -92,7 +92,7 @@ def collect_adapt_results(pipe) -> dict:
         return _entry(info.get(side), pipe.out / "eval" / name / "scores.txt", labels[side], pipe.r.bootstrap)
 
     src, ada, ora = pipe.stage_info("source"), pipe.stage_info("adapt"), pipe.stage_info("oracle")
-    last = f"adapt_r{pipe.rounds}"
+    last = ada.get("shipped") or f"adapt_r{pipe.rounds}"
     aligned = ada.get("aligned") or {}
     res = {
         "target": {"source": entry(src, "target/source"), "aligned": entry(aligned, "target/aligned"),
@@ -121,6 +121,7 @@ def collect_adapt_results(pipe) -> dict:
                           + (", from the source model" if pipe.r.oracle_from_source else ", from scratch")),
         "goals": _goals(res, pipe.r.goals),
         "final": last,
+        "selection": ada.get("selection"),
         "seconds": seconds,
     }
 
@@ -161,10 +162,14 @@ def adapt_report_md(results: dict) -> str:
     a, steps = results["adapt"], results["steps"]
     t, s = a["target"], a["source_domain"]
     oracle_steps = f", {steps['oracle']} steps" if steps.get("oracle") else ""
+    sel = results.get("selection")
+    shipped = (f"shipped: {results['final']}, picked without labels by {sel['criterion']}" if sel
+               else f"shipped: {results['final']}")
     rows = [("(a) source model", t["source"], s["before"]),
             ("(a') aligned (target BatchNorm statistics, mean, calibration; no labels, no training)",
              t.get("aligned"), s.get("aligned")),
-            (f"(b) adapted ({len(results['rounds'])} DLG-LC rounds, {steps.get('adapt')} steps)", t["adapted"], s["after"]),
+            (f"(b) adapted ({len(results['rounds'])} DLG-LC rounds, {steps.get('adapt')} steps; {shipped})",
+             t["adapted"], s["after"]),
             (f"(c) oracle (target labels{oracle_steps})", t["oracle"], None)]
     rows = [r for r in rows if r[1] is not None or not r[0].startswith("(a')")]
     out = [f"# Domain adaptation: {results['name']}", "",
@@ -186,6 +191,16 @@ def adapt_report_md(results: dict) -> str:
             nmi = f"{r['nmi']:.3f}" if "nmi" in r else "–"
             pur = f"{r['purity']:.3f}" if "purity" in r else "–"
             out.append(f"| {name} | {_pct(r)} | {_pct(r, 'mindcf_0.01')} | {nmi} | {pur} | {r.get('seconds', 0):.0f} |")
+    if sel:
+        crit = sel["criterion"]
+        eers = {"aligned": (t.get("aligned") or {}).get("eer"),
+                **{n: r.get("eer") for n, r in results["rounds"].items()}}
+        out += ["", f"## Stop rule (label-free: {crit} on the target's training recordings; the lowest is shipped)", "",
+                f"| candidate | {crit} % | target test EER % (not used to choose) |", "|---|---|---|"]
+        for name, row in sel["values"].items():
+            mark = " (shipped)" if name == results["final"] else ""
+            e = eers.get(name)
+            out.append(f"| {name}{mark} | {100 * row[crit]:.2f} | {'–' if e is None else f'{100 * e:.2f}'} |")
     d = results["data"]
     out += ["", "## Data", "",
             f"- source model: `{d['source']['model']}`; source test trials: `{d['source']['trials']}`",
