@@ -175,7 +175,7 @@ def write_report(pipe, final: str) -> dict:
              f"The exported model (`model/`) is the recipe's fixed final stage **{final}**; "
              "nothing was selected on the test trials."
              + (" *valid EER* is label-free: trials from k-means pseudo labels of training utterances "
-                "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else ""), "",
+                "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else "")
              + (" *dev EER* is on the labelled development split (speakers of neither train nor test) "
                 "that recipe settings are chosen on." if any("dev_eer" in st for st in results["stages"]) else "")
              + " NMI and purity score each round's pseudo labels against the true training speakers "
