@@ -25,31 +25,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _subset(utts: list[str], max_utts: int, seed: int = 0) -> list[str]:
-    """The recordings score_candidates uses (the same fixed random subset)."""
-    if len(utts) <= max_utts:
-        return utts
-    keep = set(np.random.default_rng(seed).choice(utts, max_utts, replace=False).tolist())
-    return [u for u in utts if u in keep]
-
-
 def _cached_embedder(args):
-    """``embed(name, path)`` keeping each model folder's embeddings in ``args.cache``, so a
-    rerun only scores."""
-    from cdino.data.audio import load_audio
-    from cdino.data.kaldi_dir import DataDir
+    """``embed(name, path, utts, waves)`` keeping each model folder's embeddings of those
+    recordings in ``args.cache``, so a rerun only scores."""
+    import hashlib
+
     from cdino.eval.selection import RecordingEmbeddings, embed_recordings
 
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    def embed(name, path):
-        key = args.cache / (str(path).strip("/").replace("/", "_") + ".npz")
+    def embed(name, path, utts, waves):
+        digest = hashlib.blake2b("\n".join(utts).encode(), digest_size=6).hexdigest()
+        key = args.cache / (str(path).strip("/").replace("/", "_") + f"_{digest}.npz")
         if key.is_file():
             z = np.load(key, allow_pickle=False)
             return RecordingEmbeddings(list(z["utts"]), z["whole"], z["first"], z["second"], z["mean"])
-        data = DataDir.load(args.data)
-        utts = _subset(list(data.utts), args.max_utts)
-        got = embed_recordings(path, [load_audio(data.wav[u]) for u in utts], utts, device=args.device)
+        got = embed_recordings(path, waves, utts, device=args.device)
         np.savez(key, utts=np.array(got.utts), whole=got.whole, first=got.first, second=got.second, mean=got.mean)
         return got
 
@@ -61,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="labelled data folder (dev split) with trials")
     ap.add_argument("--trials", type=Path, help="its trials (default DATA/trials)")
     ap.add_argument("--candidates", type=Path, required=True, help="YAML: task -> {candidate: model folder}")
-    ap.add_argument("--max-utts", type=int, default=800, help="recordings the criteria use (a fixed random subset)")
+    ap.add_argument("--max-utts", type=int, default=800, help="recordings the criteria use (score_candidates)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", type=Path, help="keep each candidate's embeddings here (a rerun only scores)")
     args = ap.parse_args(argv)

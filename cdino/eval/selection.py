@@ -122,29 +122,41 @@ class CrossViewTrials:
     is_target: np.ndarray
 
 
-def cross_view_trials(visual: np.ndarray, has_visual: np.ndarray, channel: np.ndarray,
-                      neighbours: int = 5, n_nontarget: int = 20000, seed: int = 0) -> CrossViewTrials:
-    """Targets: for every recording with a face, among its ``neighbours`` nearest faces, the
-    one whose channel statistics (``channel``, e.g. mean/std log-mel of the recording) are
-    least alike — probably the same person in another session. Non-targets: random pairs
-    of recordings with faces."""
+def cross_view_trials(visual: np.ndarray, has_visual: np.ndarray, channel, neighbours: int = 5,
+                      n_nontarget: int = 20000, seed: int = 0, anchors: np.ndarray | None = None) -> CrossViewTrials:
+    """Targets: for every anchor recording (default: every recording with a face), among
+    its ``neighbours`` nearest faces over *all* recordings, the one whose channel statistics
+    are least alike — probably the same person in another session. Non-targets: random
+    pairs of the recordings the targets use. ``channel``: an ``(N, F)`` array of channel
+    statistics (e.g. mean/std log-mel of each recording), or a function giving them for
+    row indices (only the anchors and their neighbours are asked for). Indices are rows."""
     rows = np.flatnonzero(has_visual)
     if len(rows) < neighbours + 2:
         raise ValueError(f"cross-view trials need more than {neighbours + 1} recordings with a second view")
-    v = _unit(visual[rows])
-    c = _unit(channel[rows] - channel[rows].mean(0))
-    sim = v @ v.T
-    np.fill_diagonal(sim, -np.inf)
-    near = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
-    chan = np.einsum("nd,nkd->nk", c, c[near])
-    pick = near[np.arange(len(rows)), chan.argmin(1)]
-    enroll_t, test_t = rows, rows[pick]
+    anchors = rows if anchors is None else np.asarray(anchors)
+    v = _unit(visual)
+    sim = v[anchors] @ v[rows].T
+    sim[anchors[:, None] == rows[None, :]] = -np.inf
+    near = rows[np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]]
+    asked = np.unique(np.concatenate([anchors, near.ravel()]))
+    stats = channel(asked) if callable(channel) else np.asarray(channel)[asked]
+    c = np.zeros((len(visual), stats.shape[1]))
+    c[asked] = _unit(stats - stats.mean(0))
+    pick = near[np.arange(len(anchors)), np.einsum("nd,nkd->nk", c[anchors], c[near]).argmin(1)]
+    used = np.unique(np.concatenate([anchors, pick]))
     rng = np.random.default_rng(seed)
-    a, b = _random_nontargets(len(rows), n_nontarget, rng)
-    enroll = np.concatenate([enroll_t, rows[a]])
-    test = np.concatenate([test_t, rows[b]])
-    labels = np.concatenate([np.ones(len(rows), np.int8), np.zeros(len(a), np.int8)])
+    a, b = _random_nontargets(len(used), n_nontarget, rng)
+    enroll = np.concatenate([anchors, used[a]])
+    test = np.concatenate([pick, used[b]])
+    labels = np.concatenate([np.ones(len(anchors), np.int8), np.zeros(len(a), np.int8)])
     return CrossViewTrials(enroll, test, labels)
+
+
+def _restricted(trials: CrossViewTrials, rows: np.ndarray) -> CrossViewTrials:
+    """``trials`` with their row indices mapped to positions in ``rows`` (which holds them all)."""
+    pos = {int(r): i for i, r in enumerate(rows)}
+    to = np.vectorize(pos.__getitem__, otypes=[np.int64])
+    return CrossViewTrials(to(trials.enroll), to(trials.test), trials.is_target)
 
 
 def cross_view_eer(emb: np.ndarray, mean: np.ndarray | None, trials: CrossViewTrials) -> float:
@@ -180,16 +192,16 @@ def embed_recordings(model_dir, waves: list[np.ndarray], utts: list[str], device
 
 def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | None = None,
              has_visual: np.ndarray | None = None, channel: np.ndarray | None = None,
-             seed: int = 0) -> dict[str, dict[str, float]]:
+             seed: int = 0, views: CrossViewTrials | None = None) -> dict[str, dict[str, float]]:
     """Every criterion (:data:`CRITERIA`; ``cross_channel`` needs channel statistics,
-    ``cross_view`` a second view too) for every candidate: ``{candidate: {criterion: value}}``,
-    lower is better."""
+    ``cross_view`` a second view too, or ready ``views`` trials) for every candidate:
+    ``{candidate: {criterion: value}}``, lower is better."""
     wholes = [c.whole for c in candidates.values()]
     shared = shared_partition(wholes, seed=seed)
-    views = audio = None
+    audio = None
     if channel is not None:
         audio = cross_view_trials(side_by_side(wholes), np.ones(len(wholes[0]), bool), channel, seed=seed)
-    if visual is not None and channel is not None:
+    if views is None and visual is not None and channel is not None:
         views = cross_view_trials(visual, has_visual, channel, seed=seed)
     out = {}
     for name, c in candidates.items():
@@ -207,10 +219,12 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
 def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = "cpu",
                      seed: int = 0, embed=None) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
     """Every criterion for every candidate model folder (``{name: path}``) on a data folder's
-    recordings (at most ``max_utts``, a fixed random subset; their labels are never read;
-    ``visual.npy`` rows, where the folder has them, give ``cross_view``; ``embed(name, path)``
-    replaces :func:`embed_recordings`, e.g. to read cached embeddings). Returns the values
-    (:func:`criteria`), the recordings used and the candidates' embeddings of them."""
+    recordings (their labels are never read). With a second view (``visual.npy``), the
+    recordings are ``max_utts / 2`` random anchors and their cross-view targets found among
+    all recordings (:func:`cross_view_trials`); without one, ``max_utts`` random recordings.
+    ``embed(name, path, utts, waves)`` replaces :func:`embed_recordings` (e.g. to read cached
+    embeddings of those recordings). Returns the values (:func:`criteria`),
+    the recordings used and the candidates' embeddings of them."""
     from dataclasses import replace
 
     from cdino.data.audio import load_audio
@@ -219,19 +233,36 @@ def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = 
     from cdino.frontend.fbank import Fbank, FbankConfig
 
     data = DataDir.load(data_dir)
-    utts = list(data.utts)
-    if len(utts) > max_utts:
-        keep = set(np.random.default_rng(seed).choice(utts, max_utts, replace=False).tolist())
-        utts = [u for u in utts if u in keep]
-    waves = [load_audio(data.wav[u]) for u in utts]
-    embed = embed or (lambda name, path: embed_recordings(path, waves, utts, device=device))
-    emb = {name: embed(name, path) for name, path in models.items()}
-    visual = has_visual = None
-    channel = fbank_statistics(data, utts, Fbank(replace(FbankConfig(), mean_norm=False)))
+    everyone = list(data.utts)
+    rng = np.random.default_rng(seed)
+    fbank = Fbank(replace(FbankConfig(), mean_norm=False))
+    known: dict[int, np.ndarray] = {}
+
+    def channel_of(rows) -> np.ndarray:  # channel statistics, computed once per recording
+        new = [int(r) for r in rows if int(r) not in known]
+        if new:
+            for r, x in zip(new, fbank_statistics(data, [everyone[r] for r in new], fbank)):
+                known[r] = x
+        return np.stack([known[int(r)] for r in rows])
+
+    views = None
     got = read_visual(data.root)
     if got is not None:
+        # Anchors are a random sample; their face neighbours come from all recordings, so a
+        # large folder of many speakers still yields same-person targets.
         ids, rows = got
         row = {u: i for i, u in enumerate(ids)}
-        has_visual = np.array([u in row for u in utts])
-        visual = np.stack([rows[row[u]] if u in row else np.zeros(rows.shape[1], np.float32) for u in utts])
-    return criteria(emb, visual, has_visual, channel, seed=seed), utts, emb
+        has_visual = np.array([u in row for u in everyone])
+        visual = np.stack([rows[row[u]] if u in row else np.zeros(rows.shape[1], np.float32) for u in everyone])
+        faces = np.flatnonzero(has_visual)
+        anchors = np.sort(rng.choice(faces, min(len(faces), max_utts // 2), replace=False))
+        views = cross_view_trials(visual, has_visual, channel_of, anchors=anchors, seed=seed)
+        chosen = np.unique(np.concatenate([views.enroll, views.test]))
+        views = _restricted(views, chosen)
+    else:
+        chosen = np.sort(rng.choice(len(everyone), min(len(everyone), max_utts), replace=False))
+    utts = [everyone[i] for i in chosen]
+    waves = [load_audio(data.wav[u]) for u in utts]
+    embed = embed or (lambda name, path, utts, waves: embed_recordings(path, waves, utts, device=device))
+    emb = {name: embed(name, path, utts, waves) for name, path in models.items()}
+    return criteria(emb, channel=channel_of(chosen), seed=seed, views=views), utts, emb

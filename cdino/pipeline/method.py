@@ -83,7 +83,7 @@ class RecipeConfig:
     ablations: dict = field(default_factory=dict)  # name → overrides of a one-round run from cdino (gate_off, fixed_gate, dlg, dlg_lc, audio_visual_weak)
     controls: dict = field(default_factory=dict)  # equal-cost controls: dino_equal, supervised_full (name → overrides)
     seeds: list[int] = field(default_factory=list)  # a study: the pipeline once per training seed into EXP/seed{S}/
-    final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round)
+    final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round), or "select": picked after the run by the label-free criterion (docs/selection.md)
     bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
     evaluate_dev: bool = False  # also evaluate every stage on the labelled dev split (dev_eer ...): what recipe settings are chosen on, never the test trials
     validation: float = 0.0  # hold out this fraction of the training utterances from every stage and report each stage's label-free validation EER on them (cdino.eval.validation); 0: none
@@ -130,8 +130,8 @@ class MethodPipeline(StagedRun):
 
     def _check_final(self) -> None:
         names = self.stage_names()
-        if self.r.final not in names:
-            raise ConfigError(f"recipe key 'final': '{self.r.final}' is not one of {', '.join(names)}")
+        if self.r.final not in names + ["select"]:
+            raise ConfigError(f"recipe key 'final': '{self.r.final}' is not one of {', '.join(names)}, select")
 
     def stage_names(self) -> list[str]:
         names = ["dino", "cdino"] + [f"pseudo_r{i}" for i in range(1, self.rounds + 1)]
@@ -471,10 +471,32 @@ class MethodPipeline(StagedRun):
         from cdino.pipeline.report import write_report
 
         self.report_started = time.perf_counter()
-        final = self.resolve_final()
+        self.selection = None
+        if self.r.final == "select":
+            self.selection = self._select_final()
+            final = self.selection["pick"]
+        else:
+            final = self.resolve_final()
         write_report(self, final)
         copy_folder(self._model_dir_of(final), self.out / "model")
         return {"final": final, "results": str(self.out / "results.json")}
+
+    def _select_final(self) -> dict:
+        """``final: select``: the stage shipped is the trained stage with the lowest label-free
+        criterion (cdino.eval.selection: ``cross_view`` where the training data has a second
+        view, else ``cross_channel``) on up to 800 training recordings; no label is read."""
+        from cdino.distributed import resolve_device
+        from cdino.eval.selection import score_candidates
+
+        names = [n for n in self.stage_names() if not n.endswith("_rR")]
+        candidates = {n: self._model_dir_of(n) for n in names if (self._model_dir_of(n) / "config.yaml").is_file()}
+        device = str(resolve_device(self.train_config("dino").trainer.device))
+        values, utts, _ = score_candidates(candidates, self.train_dir, device=device)
+        criterion = "cross_view" if "cross_view" in next(iter(values.values())) else "cross_channel"
+        pick = min(values, key=lambda n: values[n][criterion])
+        print(f"[report] final: {pick}, picked without labels by {criterion} on {len(utts)} training recordings",
+              flush=True)
+        return {"criterion": criterion, "pick": pick, "recordings": len(utts), "values": values}
 
     def _model_dir_of(self, name: str) -> Path:
         if name in ("dino", "cdino", "supervised"):

@@ -71,6 +71,7 @@ def collect_results(pipe, final: str) -> dict:
         "scoring": "cosine, train-mean subtracted",
         "stages": stages,
         "final": final,
+        "selection": getattr(pipe, "selection", None),
     }
     base = pipe.stage_info("baselines")
     results["baselines"] = {}
@@ -172,25 +173,31 @@ def write_report(pipe, final: str) -> dict:
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}. Test: `{results['test']['trials']}` "
              f"({results['test']['n_trials']} trials). Scoring: {results['scoring']}. "
              "EER and minDCF are in %/absolute; 95 % intervals come from a bootstrap over trials. "
-             f"The exported model (`model/`) is the recipe's fixed final stage **{final}**; "
-             "nothing was selected on the test trials."
+             + (f"The exported model (`model/`) is the recipe's fixed final stage **{final}**; "
+                "nothing was selected on the test trials." if not results.get("selection") else
+                f"The exported model (`model/`) is **{final}**, picked after training by the label-free "
+                f"criterion {results['selection']['criterion']} on {results['selection']['recordings']} training "
+                "recordings (column *label-free %*); nothing was selected on the test trials.")
              + (" *valid EER* is label-free: trials from k-means pseudo labels of training utterances "
                 "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else "")
              + (" *dev EER* is on the labelled development split (speakers of neither train nor test) "
                 "that recipe settings are chosen on." if any("dev_eer" in st for st in results["stages"]) else "")
              + " NMI and purity score each round's pseudo labels against the true training speakers "
              "(a diagnostic; nothing reads them to decide).", "",
-             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | dev EER % | NMI | purity | valid EER % | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | EER % | 95 % CI | minDCF 0.01 | minDCF 0.05 | dev EER % | NMI | purity | valid EER % | "
+             "label-free % | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    sel = results.get("selection") or {}
 
     def row(name, s):
+        crit = sel.get("values", {}).get(s.get("name", ""), {}).get(sel.get("criterion", ""))
         ci = s.get("eer_ci95")
         ci_txt = f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}" if ci else "–"
         nmi = f"{s['nmi']:.3f}" if "nmi" in s else "–"
         pur = f"{s['purity']:.3f}" if "purity" in s else "–"
         return (f"| {name} | {_fmt_pct(s.get('eer'))} | {ci_txt} | {s.get('mindcf_0.01', float('nan')):.3f} | "
                 f"{s.get('mindcf_0.05', float('nan')):.3f} | {_fmt_pct(s.get('dev_eer'))} | {nmi} | {pur} | "
-                f"{_fmt_pct(s.get('valid_eer'))} | {s.get('seconds', 0):.0f} |")
+                f"{_fmt_pct(s.get('valid_eer'))} | {_fmt_pct(crit)} | {s.get('seconds', 0):.0f} |")
 
     for name, s in results["baselines"].items():
         lines.append(row(f"baseline: {name}", s))
