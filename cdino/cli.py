@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "a recipe with `kind: adapt` runs the domain-adaptation pipeline)")
     s.add_argument("--out", required=True, help="experiment folder (stages write EXP/<stage>/)")
     s.add_argument("--from", dest="from_stage", metavar="STAGE",
-                   help=from_help + "; adaptation recipes: corpus, source, adapt, oracle, report")
+                   help=from_help + "; adaptation recipes: corpus, source, adapt, select, oracle, report")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value (KEY: a dotted path into the recipe YAML; repeatable)")
     s.set_defaults(func=cmd_run)

@@ -146,7 +146,7 @@ def test_rerun_skips_done_stages(adapt_quick, capsys):
     t0 = time.perf_counter()
     again = run_recipe("adapt-quick", out)
     printed = capsys.readouterr().out
-    for stage in ("corpus", "source", "adapt", "oracle"):
+    for stage in ("corpus", "source", "adapt", "select", "oracle"):
         assert f"[{stage}] done, skipped" in printed
     assert again["adapt"] == first["adapt"]
     assert time.perf_counter() - t0 < seconds / 2
@@ -156,7 +156,7 @@ def test_from_stage_removes_that_stage_on(adapt_quick, tmp_path):
     from cdino.pipeline.adapt import AdaptPipeline, load_adapt_recipe
 
     out = tmp_path / "exp"
-    for stage in ("corpus", "source", "adapt", "oracle", "report"):
+    for stage in ("corpus", "source", "adapt", "select", "oracle", "report"):
         (out / stage).mkdir(parents=True)
         (out / stage / "done.json").write_text("{}")
     pipe = AdaptPipeline(load_adapt_recipe("adapt-quick"), out)

@@ -9,6 +9,9 @@ without target labels, by pseudo-label rounds with DLG-LC on the unlabelled targ
               statistics, mean and calibration: cdino.train.domain), then R rounds of extract →
               k-means → AAM + DLG-LC training on the target training folder from it; its
               labels are never read
+    select    the model shipped: the aligned model or a round, whichever the label-free
+              criterion on the target's training recordings prefers (the stop rule,
+              cdino.eval.selection), or the last round (``ship: last``)
     oracle    supervised training on the target's true labels from the source model, for as
               many steps as the adaptation took (the upper reference); skipped when the
               target has no utt2spk
@@ -46,7 +49,7 @@ from cdino.errors import ConfigError, DataError
 from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
 from cdino.pipeline.staged_run import StagedRun
 
-ADAPT_STAGES = ["corpus", "source", "adapt", "oracle", "report"]
+ADAPT_STAGES = ["corpus", "source", "adapt", "select", "oracle", "report"]
 TRAIN_STAGES = ("source", "adapt", "oracle")
 
 
@@ -216,7 +219,7 @@ class AdaptPipeline(StagedRun):
     @property
     def adapted_model_dir(self) -> Path:
         """The model the adaptation ships (the stop rule's pick, or the last round)."""
-        model = self.stage_info("adapt").get("model")
+        model = self.stage_info("select").get("model")
         return Path(model) if model else self.out / "adapt" / f"round{self.rounds}" / "model"
 
     def target_has_labels(self) -> bool:
@@ -326,18 +329,22 @@ class AdaptPipeline(StagedRun):
                                 "seconds": s["seconds"], **round_diagnostics(s)}
         steps = sum(max((st for st, _ in list_checkpoints(out / f"round{r}" / "checkpoints")), default=0)
                     for r in range(1, self.rounds + 1))
+        return {"rounds": rounds, "steps": steps, "aligned": aligned, "seconds": time.perf_counter() - t0}
+
+    def stage_select(self) -> dict:
+        """The model shipped: the stop rule's pick among the aligned model and the rounds
+        (``ship: select``) or the last round; evaluated on the source domain (*after*)."""
+        out, ada = self.out / "adapt", self.stage_info("adapt")
         candidates = {f"adapt_r{r}": out / f"round{r}" / "model" for r in range(1, self.rounds + 1)}
-        if aligned is not None:
-            candidates = {"aligned": start, **candidates}
+        if ada.get("aligned") is not None:
+            candidates = {"aligned": out / "aligned", **candidates}
         shipped, selection = f"adapt_r{self.rounds}", None
         if self.r.ship == "select" and len(candidates) > 1:
             selection = self._select(candidates)
             shipped = selection["pick"]
-        return {"rounds": rounds, "steps": steps, "model": str(candidates[shipped]), "aligned": aligned,
-                "shipped": shipped, "selection": selection,
-                "target": aligned["target"] if shipped == "aligned" else rounds.get(shipped, {}),
-                "source_domain": self._on_source(candidates[shipped], "after"),
-                "seconds": time.perf_counter() - t0}
+        target = ada["aligned"]["target"] if shipped == "aligned" else (ada.get("rounds") or {}).get(shipped, {})
+        return {"shipped": shipped, "selection": selection, "model": str(candidates[shipped]), "target": target,
+                "source_domain": self._on_source(candidates[shipped], "after")}
 
     def _select(self, candidates: dict) -> dict:
         """The stop rule: the candidate with the lowest label-free criterion on the target

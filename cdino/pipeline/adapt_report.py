@@ -92,14 +92,15 @@ def collect_adapt_results(pipe) -> dict:
         return _entry(info.get(side), pipe.out / "eval" / name / "scores.txt", labels[side], pipe.r.bootstrap)
 
     src, ada, ora = pipe.stage_info("source"), pipe.stage_info("adapt"), pipe.stage_info("oracle")
-    last = ada.get("shipped") or f"adapt_r{pipe.rounds}"
+    sel = pipe.stage_info("select")
+    last = sel.get("shipped") or f"adapt_r{pipe.rounds}"
     aligned = ada.get("aligned") or {}
     res = {
         "target": {"source": entry(src, "target/source"), "aligned": entry(aligned, "target/aligned"),
-                   "adapted": entry(ada, f"target/{last}"), "oracle": entry(ora, "target/oracle")},
+                   "adapted": entry(sel, f"target/{last}"), "oracle": entry(ora, "target/oracle")},
         "source_domain": {"before": entry(src, "source_domain/before"),
                           "aligned": entry(aligned, "source_domain/aligned"),
-                          "after": entry(ada, "source_domain/after")},
+                          "after": entry(sel, "source_domain/after")},
     }
     seconds = {s: pipe.stage_info(s).get("seconds") for s in pipe.stages[:-1]}
     seconds["total"] = sum(v for v in seconds.values() if v)
@@ -121,7 +122,7 @@ def collect_adapt_results(pipe) -> dict:
                           + (", from the source model" if pipe.r.oracle_from_source else ", from scratch")),
         "goals": _goals(res, pipe.r.goals),
         "final": last,
-        "selection": ada.get("selection"),
+        "selection": sel.get("selection"),
         "seconds": seconds,
     }
 
