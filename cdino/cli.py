@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--criterion", default="auto",
                    help="auto (cross_view with a second view, else cross_channel), cross_view, cross_channel, shared, split, own_clusters")
     s.add_argument("--json", metavar="OUT", help="write every criterion of every candidate here")
-    s.add_argument("--max-utts", dest="max_utts", type=int, default=800,
-                   help="recordings used (a fixed random subset; default 800)")
+    s.add_argument("--max-utts", dest="max_utts", type=int, default=1600,
+                   help="recordings used at most (with a second view: half of them random anchors, the rest their cross-view partners; default 1600)")
     s.add_argument("--device", default="auto", help=device_help)
     s.set_defaults(func=cmd_select)
 

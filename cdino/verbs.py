@@ -492,7 +492,7 @@ def run_import_wespeaker(source: PathLike, out: PathLike) -> Path:
 
 
 def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: str = "auto",
-               json_out: PathLike | None = None, max_utts: int = 800, device: str = "cpu") -> dict:
+               json_out: PathLike | None = None, max_utts: int = 1600, device: str = "cpu") -> dict:
     """``cdino select``: score candidate model folders on a data folder's recordings with the
     label-free criteria of :mod:`cdino.eval.selection` (its labels, if any, are never read),
     print a table and the pick (lowest value of ``criterion``; ``auto``: ``cross_view`` where

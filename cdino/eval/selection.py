@@ -216,7 +216,7 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
     return out
 
 
-def score_candidates(models: dict, data_dir, max_utts: int = 800, device: str = "cpu",
+def score_candidates(models: dict, data_dir, max_utts: int = 1600, device: str = "cpu",
                      seed: int = 0, embed=None) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
     """Every criterion for every candidate model folder (``{name: path}``) on a data folder's
     recordings (their labels are never read). With a second view (``visual.npy``), the

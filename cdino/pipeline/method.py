@@ -484,7 +484,7 @@ class MethodPipeline(StagedRun):
     def _select_final(self) -> dict:
         """``final: select``: the stage shipped is the trained stage with the lowest label-free
         criterion (cdino.eval.selection: ``cross_view`` where the training data has a second
-        view, else ``cross_channel``) on up to 800 training recordings; no label is read."""
+        view, else ``cross_channel``) on up to 1600 training recordings; no label is read."""
         from cdino.distributed import resolve_device
         from cdino.eval.selection import score_candidates
 
