@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cdino.eval.selection import (RecordingEmbeddings, cross_view_eer, cross_view_trials, criteria, own_clusters_eer,
+from cdino.eval.selection import (RecordingEmbeddings, cross_view_error, cross_view_trials, criteria, own_clusters_eer,
                                   shared_partition, split_eer)
 
 
@@ -37,8 +37,8 @@ def test_cross_view_ranks_a_speaker_model_above_a_model_that_clumps_sessions():
     # the chosen targets are mostly one person in two sessions
     assert (spk[trials.enroll[targets]] == spk[trials.test[targets]]).mean() > 0.8
     assert (sess[trials.enroll[targets]] != sess[trials.test[targets]]).mean() > 0.8
-    good = cross_view_eer(speaker_model.whole, speaker_model.mean, trials)
-    bad = cross_view_eer(channel_model.whole, channel_model.mean, trials)
+    good = cross_view_error(speaker_model.whole, speaker_model.mean, trials)
+    bad = cross_view_error(channel_model.whole, channel_model.mean, trials)
     assert good < bad - 0.05
     assert 0.0 <= own_clusters_eer(channel_model.whole, None) < 0.5
     values = criteria({"speaker": speaker_model, "channel": channel_model}, face, has, chan)
