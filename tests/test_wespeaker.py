@@ -25,7 +25,6 @@ from cdino.cli import main
 from cdino.config import from_dict
 from cdino.errors import ConfigError, ModelFormatError
 from cdino.eval.model_folder import read_model_folder
-from cdino.frontend.fbank import Fbank
 from cdino.models.registry import EncoderConfig, build_encoder
 from cdino.models.wespeaker_import import read_wespeaker
 from cdino.verbs import run_export, run_import_wespeaker
