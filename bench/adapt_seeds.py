@@ -28,7 +28,8 @@ def seed_summary(folder: Path) -> dict:
     """One run's steps, gap shares, source-domain change, calibration and stop-rule regret."""
     path = folder / "results.json"
     if not path.is_file():
-        raise SystemExit(f"{path}: no results.json (the adaptation has not finished)")
+        print(f"{path}: no results.json (the adaptation has not finished)", file=sys.stderr)
+        raise SystemExit(2)
     res = json.loads(path.read_text())
     target = res["adapt"]["target"]
     eer = {"source": target["source"]["eer"], "aligned": target["aligned"]["eer"]}
