@@ -71,3 +71,41 @@ def test_rerun_skips_every_finished_seed(study):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done, skipped") >= 2 * 8
     assert "[dino] running" not in proc.stdout
+
+
+def _make_study_corpus(out: str, log: str, start) -> None:
+    """One study process on a shared folder, up to its corpus (the corpus itself faked: it
+    logs that it was made and takes a second)."""
+    import time
+    from pathlib import Path
+
+    from cdino.pipeline.method import MethodPipeline, load_recipe
+
+    def fake_corpus(self):
+        with open(log, "a") as f:
+            f.write("made\n")
+        time.sleep(1.0)
+        (Path(out) / "corpus").mkdir(parents=True, exist_ok=True)
+        return {}
+
+    MethodPipeline.stage_corpus = fake_corpus
+    pipe = MethodPipeline(load_recipe("ablations-quick"), Path(out))
+    start.wait(60)
+    pipe.study_corpus()
+
+
+def test_seed_processes_sharing_a_folder_make_its_corpus_once(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    out, log = tmp_path / "study", tmp_path / "log"
+    procs = [ctx.Process(target=_make_study_corpus, args=(str(out), str(log), start)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text().splitlines() == ["made"]
+    assert (out / "corpus" / "done.json").is_file()

@@ -1,6 +1,6 @@
 """The package's layers: a module imports only from its own layer or those below it.
 
-    base     allocator, atomic, errors, config, console, metrics, threads, testing, distributed
+    base     allocator, atomic, lock, errors, config, console, metrics, threads, testing, distributed
     data     data, corpus
     features frontend, models
     methods  methods, pseudo, eval
@@ -26,7 +26,8 @@ import cdino
 
 PACKAGE = Path(cdino.__file__).parent
 LAYERS = [
-    {"", "allocator", "atomic", "errors", "config", "console", "metrics", "threads", "testing", "distributed"},
+    {"", "allocator", "atomic", "lock", "errors", "config", "console", "metrics", "threads", "testing",
+     "distributed"},
     {"data", "corpus"},
     {"frontend", "models"},
     {"methods", "pseudo", "eval"},

@@ -218,10 +218,7 @@ class MethodPipeline(StagedRun):
             self.reset_from("corpus")
         if not self.done("corpus"):
             if is_main():
-                print("[corpus] running", flush=True)
-                t0 = time.perf_counter()
-                info = self.stage_corpus()
-                self.mark("corpus", {**info, "seconds": time.perf_counter() - t0})
+                self.study_corpus()
             barrier()
         t_start = time.perf_counter()
         valid = self.valid_dir
@@ -245,6 +242,18 @@ class MethodPipeline(StagedRun):
         print_study(summary)
         print(f"study finished: {summary['seconds']['total']:.0f} s; see {self.out / 'report.md'}")
         return summary
+
+    def study_corpus(self) -> None:
+        """The study's shared corpus, made once: separate study processes on this folder (one
+        per seed, ``--set seeds=[S]``) take a lock, and the ones that wait find it done."""
+        from cdino.lock import exclusive
+
+        with exclusive(self.out / "corpus.lock"):
+            if not self.done("corpus"):
+                print("[corpus] running", flush=True)
+                t0 = time.perf_counter()
+                info = self.stage_corpus()
+                self.mark("corpus", {**info, "seconds": time.perf_counter() - t0})
 
     def evaluate(self, model_dir: Path, name: str) -> dict:
         """Test-trial EER/minDCF of a stage's model (reporting only). Called on every rank:
