@@ -514,6 +514,35 @@ def test_run_eval_label_prefixes_the_line_and_small_lists_are_warned(model_dir, 
     assert capsys.readouterr().out.startswith("EER ")
 
 
+def test_the_decision_check_bench_counts_no_disagreement_for_one_rule(model_dir, tmp_path, capsys):
+    """bench/check_decisions.py: a calibrated model, every path decides as the API does."""
+    import importlib.util
+    from pathlib import Path
+
+    from cdino.eval.calibration import Calibration, write_calibration
+
+    from cdino.data.kaldi_dir import DataDir
+
+    data, trials, n = make_eval_data(tmp_path)
+    wav = DataDir.load(data).wav
+    plain = load_model(model_dir)
+    scores = np.array([plain.score(wav[e], wav[t]) for e, t, _ in
+                       (line.split() for line in trials.read_text().splitlines()[:20])])
+    cut = float(np.median(scores))  # the calibrated rule and the EER threshold 0.25 disagree here
+    assert ((scores >= cut) != (scores >= 0.25)).any()
+    write_calibration(model_dir / "calibration.json", Calibration(a=10.0, b=-10.0 * cut, source="test"))
+    path = Path(__file__).resolve().parent.parent / "bench" / "check_decisions.py"
+    spec = importlib.util.spec_from_file_location("check_decisions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", str(model_dir), "--data", str(data), "--trials", str(trials), "--n", "20",
+                "--n-verify", "4"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_trials"] == 20 and out["n_verify"] == 4
+    assert out["decision_threshold"] == pytest.approx(cut) and 0 < out["api_same"] < 20
+    assert out["disagreements_with_api"] == {"score": 0, "verify": 0, "eval": 0}
+
+
 def test_verify_score_eval_and_the_api_decide_by_one_rule(model_dir, tmp_path, capsys):
     """A calibrated model decides every trial the same way in ``cdino verify``, ``cdino score``,
     ``SpeakerModel.verify`` and ``cdino eval`` (the calibrated Bayes threshold at prior 0.5),
