@@ -58,6 +58,7 @@ def test_align_to_domain_writes_a_model_folder_centred_on_the_target(tmp_path):
     got = read_model_folder(out)
     assert not np.allclose(got.mean, 1.0)  # the target's mean, not the source's
     assert got.calibration is not None and "target" in got.config.info
+    assert got.calibration.domain == str(target)  # fitted on the target, and says so
     before = read_model_folder(src).encoder.state_dict()
     after = got.encoder.state_dict()
     moved = [k for k in before if k.endswith("running_var") and not torch.allclose(before[k], after[k])]

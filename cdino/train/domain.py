@@ -67,6 +67,7 @@ def align_to_domain(model_dir: str | Path, cfg, data_dir: str | Path, out: str |
     from cdino.data.kaldi_dir import DataDir
     from cdino.data.stores import open_store
     from cdino.distributed import init_distributed, is_main, resolve_device
+    from cdino.eval.calibration import CALIBRATION_FILE, read_calibration, write_calibration
     from cdino.eval.model_folder import read_model_folder
     from cdino.train.stages import export_model
 
@@ -78,5 +79,11 @@ def align_to_domain(model_dir: str | Path, cfg, data_dir: str | Path, out: str |
     info = {"method": "aligned", "source_model": str(model_dir), "target": str(data_dir)}
     if batchnorm:
         info["batchnorm_layers"] = target_batchnorm(encoder, model.fbank, store, device, seed=cfg.trainer.seed)
-    return export_model(encoder, cfg, store, device, Path(out), info,
-                        progress=progress_enabled(cfg.trainer.progress), embed_all=True)
+    out = export_model(encoder, cfg, store, device, Path(out), info,
+                       progress=progress_enabled(cfg.trainer.progress), embed_all=True)
+    if is_main():  # the calibration belongs to the target, not to the model's training data
+        cal = read_calibration(out / CALIBRATION_FILE)
+        if cal is not None:
+            cal.domain = str(data_dir)
+            write_calibration(out / CALIBRATION_FILE, cal)
+    return out
