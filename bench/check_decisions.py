@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     wav = DataDir.load(args.data).wav
     pairs = [(wav[e], wav[t]) for e, t, _ in lines]
     model = load_model(args.model)
-    api = [bool(model.verify(a, b)[1]) for a, b in pairs]
-    api_scores = [model.score(a, b) for a, b in pairs]
+    decided = [model.verify(a, b) for a, b in pairs]  # (score, same) each
+    api_scores = [float(score) for score, _ in decided]
+    api = [bool(same) for _, same in decided]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -497,11 +497,13 @@ def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: st
     label-free criteria of :mod:`cdino.eval.selection` (its labels, if any, are never read),
     print a table and the pick (lowest value of ``criterion``; ``auto``: ``cross_view`` where
     the folder has a second view, else ``cross_channel``), and write all values to ``json_out``."""
-    from cdino.eval.selection import CRITERIA, score_candidates
+    from cdino.eval.selection import CRITERIA, pick_candidate, score_candidates
 
     paths = [Path(c) for c in candidates]
     if len(paths) < 2:
         raise ConfigError("select needs at least two candidate model folders")
+    if criterion != "auto" and criterion not in CRITERIA:  # before any embedding work
+        raise ConfigError(f"--criterion: '{criterion}' is not one of auto, {', '.join(CRITERIA)}")
     names = {}
     for p in paths:
         read_model_config(p)  # a clear error for a folder that is not a model
@@ -509,13 +511,9 @@ def run_select(candidates: Sequence[PathLike], data_dir: PathLike, criterion: st
         names[name if name not in names else str(p)] = p
     values, utts, _ = score_candidates(names, data_dir, max_utts=max_utts, device=device)
     have = list(next(iter(values.values())))
-    if criterion == "auto":
-        criterion = "cross_view" if "cross_view" in have else "cross_channel"
-    if criterion not in CRITERIA:
-        raise ConfigError(f"--criterion: '{criterion}' is not one of auto, {', '.join(CRITERIA)}")
-    if criterion not in have:
+    if criterion not in ("auto", *have):
         raise DataError(f"{data_dir}: criterion {criterion} needs a second view (visual.npy + visual_utts.txt)")
-    pick = min(values, key=lambda n: values[n][criterion])
+    criterion, pick = pick_candidate(values, criterion)
     width = max(len(n) for n in values)
     print(f"{'candidate':<{width}}  " + "  ".join(f"{c:>12}" for c in have))
     for name, row in sorted(values.items(), key=lambda kv: kv[1][criterion]):

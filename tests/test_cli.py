@@ -251,3 +251,5 @@ def test_select_scores_candidates_without_labels_and_names_the_pick(tmp_path, ca
     assert "<- pick" in out and "pick by cross_view" in out
     assert main(["select", str(a), "--data", str(data)]) == 2
     assert "at least two candidate" in capsys.readouterr().err
+    assert main(["select", str(a), str(b), "--data", str(data), "--criterion", "bogus"]) == 2
+    assert "--criterion: 'bogus' is not one of auto" in capsys.readouterr().err

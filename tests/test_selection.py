@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cdino.eval.selection import (RecordingEmbeddings, cross_view_error, cross_view_trials, criteria, own_clusters_eer,
-                                  shared_partition, split_eer)
+                                  pick_candidate, shared_partition, split_eer)
 
 
 def _world(seed=0, speakers=30, sessions=4, utts=5, dim=24):
@@ -56,3 +56,11 @@ def test_split_and_shared_partition():
     assert labels.shape == (len(spk),) and len(np.unique(labels)) > 10
     with pytest.raises(ValueError, match="second view"):
         cross_view_trials(face[:4], np.ones(4, bool), chan[:4])
+
+
+def test_pick_candidate_takes_the_lowest_of_cross_view_where_scored_else_cross_channel():
+    both = {"a": {"cross_view": 0.2, "cross_channel": 0.1}, "b": {"cross_view": 0.1, "cross_channel": 0.3}}
+    assert pick_candidate(both) == ("cross_view", "b")
+    assert pick_candidate(both, "cross_channel") == ("cross_channel", "a")
+    audio = {n: {"cross_channel": r["cross_channel"]} for n, r in both.items()}
+    assert pick_candidate(audio) == ("cross_channel", "a")

@@ -230,6 +230,15 @@ def criteria(candidates: dict[str, RecordingEmbeddings], visual: np.ndarray | No
     return out
 
 
+def pick_candidate(values: dict[str, dict[str, float]], criterion: str = "auto") -> tuple[str, str]:
+    """``(criterion, candidate)``: the candidate of :func:`criteria`'s ``values`` with the
+    lowest ``criterion``; ``auto`` takes ``cross_view`` where it was scored (a second view),
+    else ``cross_channel``."""
+    if criterion == "auto":
+        criterion = "cross_view" if "cross_view" in next(iter(values.values())) else "cross_channel"
+    return criterion, min(values, key=lambda n: values[n][criterion])
+
+
 def score_candidates(models: dict, data_dir, max_utts: int = 1600, device: str = "cpu",
                      seed: int = 0, embed=None) -> tuple[dict[str, dict[str, float]], list[str], dict[str, RecordingEmbeddings]]:
     """Every criterion for every candidate model folder (``{name: path}``) on a data folder's

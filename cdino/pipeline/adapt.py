@@ -350,13 +350,12 @@ class AdaptPipeline(StagedRun):
         """The stop rule: the candidate with the lowest label-free criterion on the target
         training recordings (rank 0 scores, every rank gets the answer)."""
         from cdino.distributed import resolve_device, shared_by_rank0
-        from cdino.eval.selection import score_candidates
+        from cdino.eval.selection import pick_candidate, score_candidates
 
         def pick() -> dict:
             device = str(resolve_device(self.train_config("adapt").trainer.device))
             values, _, _ = score_candidates(candidates, self.target_data()[0], device=device)
-            criterion = "cross_view" if "cross_view" in next(iter(values.values())) else "cross_channel"
-            best = min(values, key=lambda n: values[n][criterion])
+            criterion, best = pick_candidate(values)
             return {"criterion": criterion, "pick": best, "values": values}
 
         return shared_by_rank0(pick)

@@ -495,14 +495,13 @@ class MethodPipeline(StagedRun):
         criterion (cdino.eval.selection: ``cross_view`` where the training data has a second
         view, else ``cross_channel``) on up to 1600 training recordings; no label is read."""
         from cdino.distributed import resolve_device
-        from cdino.eval.selection import score_candidates
+        from cdino.eval.selection import pick_candidate, score_candidates
 
         names = [n for n in self.stage_names() if not n.endswith("_rR")]
         candidates = {n: self._model_dir_of(n) for n in names if (self._model_dir_of(n) / "config.yaml").is_file()}
         device = str(resolve_device(self.train_config("dino").trainer.device))
         values, utts, _ = score_candidates(candidates, self.train_dir, device=device)
-        criterion = "cross_view" if "cross_view" in next(iter(values.values())) else "cross_channel"
-        pick = min(values, key=lambda n: values[n][criterion])
+        criterion, pick = pick_candidate(values)
         print(f"[report] final: {pick}, picked without labels by {criterion} on {len(utts)} training recordings",
               flush=True)
         return {"criterion": criterion, "pick": pick, "recordings": len(utts), "values": values}
