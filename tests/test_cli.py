@@ -253,3 +253,23 @@ def test_select_scores_candidates_without_labels_and_names_the_pick(tmp_path, ca
     assert "at least two candidate" in capsys.readouterr().err
     assert main(["select", str(a), str(b), "--data", str(data), "--criterion", "bogus"]) == 2
     assert "--criterion: 'bogus' is not one of auto" in capsys.readouterr().err
+
+
+def test_a_recipe_with_final_select_ships_the_stage_the_criterion_prefers(tmp_path, capsys):
+    """``final: select``: the method pipeline scores its trained stages on the training
+    recordings without labels and picks the lowest criterion (the same rule as `cdino select`)."""
+    from conftest import write_speaker_dir
+
+    from cdino.eval.selection import pick_candidate
+    from cdino.pipeline.method import MethodPipeline, load_recipe
+
+    data = write_speaker_dir(tmp_path / "data", n_speakers=4, utts_per_speaker=6, seconds=1.0, visual_dim=8)
+    recipe = load_recipe("quick", [f"data.train={data}", "final=select"])
+    pipe = MethodPipeline(recipe, tmp_path / "exp")
+    for stage, seed in (("dino", 0), ("cdino", 1)):  # two finished stages; the rounds never ran
+        _model_folder(tmp_path / "exp" / stage / "model", 16, seed=seed)
+    got = pipe._select_final()
+    assert set(got["values"]) == {"dino", "cdino"} and got["criterion"] == "cross_view"
+    assert got["values"]["dino"]["cross_view"] != got["values"]["cdino"]["cross_view"]  # the pick is a choice
+    assert (got["criterion"], got["pick"]) == pick_candidate(got["values"])
+    assert f"final: {got['pick']}, picked without labels by cross_view" in capsys.readouterr().out
