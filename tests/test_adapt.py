@@ -198,6 +198,43 @@ bootstrap: 0
     assert not (tmp_path / "exp" / "source").joinpath("model").exists()  # nothing trained on the source
 
 
+def test_joint_rounds_take_the_labelled_source_beside_the_target(adapt_quick, tmp_path):
+    """``joint: true``: the source model adapted while the labelled source data joins the
+    round (its speakers as classes); the round has the target's steps alone. Without
+    labelled source data, joint is refused before anything runs."""
+    from cdino.data.kaldi_dir import DataDir
+    from cdino.pipeline.run import run_recipe
+
+    src, _, _ = adapt_quick
+    corpus = src / "corpus"
+    text = f"""kind: adapt
+joint: true
+source: {{model: {src / 'source' / 'model'}, train: {corpus / 'source' / 'train'}, test: {corpus / 'source' / 'test'}}}
+target: {{train: {corpus / 'target' / 'train'}, test: {corpus / 'target' / 'test'}}}
+base: {{trainer: {{global_batch: 16, threads: 1, progress: false, tensorboard: false}}, data: {{store: memory}},
+        optim: {{name: adamw, lr: 0.001, lr_scale_with_batch: false, warmup_epochs: 0.0}}}}
+adapt: {{trainer: {{epochs: 1}}, pseudo: {{rounds: 1, kmeans: {{n_clusters: 12}}, min_seconds: 1.0, max_seconds: 1.0}}}}
+run_oracle: false
+bootstrap: 0
+"""
+    (tmp_path / "joint.yaml").write_text(text)
+    res = run_recipe(tmp_path / "joint.yaml", tmp_path / "exp")
+    summary = json.loads((tmp_path / "exp" / "adapt" / "round1" / "summary.json").read_text())
+    source = DataDir.load(corpus / "source" / "train")
+    target = DataDir.load(corpus / "target" / "train")
+    joined = summary["clustering"]["labelled"]
+    assert joined["speakers"] == len(set(source.utt2spk.values()))
+    assert joined["utterances"] == min(len(source.utts), len(target.utts))
+    from cdino.train.checkpoint import list_checkpoints
+
+    steps = max(st for st, _ in list_checkpoints(tmp_path / "exp" / "adapt" / "round1" / "checkpoints"))
+    assert steps == len(target.utts) // 16  # one epoch: the target's steps alone
+    assert 0.0 <= res["adapt"]["source_domain"]["after"]["eer"] <= 1.0
+    (tmp_path / "model_only.yaml").write_text(text.replace(f", train: {corpus / 'source' / 'train'}", ""))
+    with pytest.raises(ConfigError, match="joint: needs labelled source data"):
+        run_recipe(tmp_path / "model_only.yaml", tmp_path / "exp2")
+
+
 @pytest.mark.parametrize("text,key", [
     ("kind: adapt\ntargte: {}\n", "targte"),
     ("kind: adapt\nadapt: {trainer: {epoch: 3}}\n", "trainer.epoch"),
@@ -229,7 +266,8 @@ def test_builtin_adapt_recipe_and_the_readme_recipe_load(tmp_path):
     assert recipe_kind("adapt") == recipe_kind("adapt-quick") == "adapt" and recipe_kind("quick") == "pipeline"
     pipe = AdaptPipeline(load_adapt_recipe("adapt"), tmp_path / "exp")
     adapt, oracle = pipe.train_config("adapt"), pipe.train_config("oracle")
-    assert pipe.rounds == 2 and oracle.trainer.epochs == pipe.rounds * adapt.trainer.epochs
+    assert pipe.rounds == 1 and oracle.trainer.epochs == pipe.rounds * adapt.trainer.epochs
+    assert adapt.pseudo.labelled == str(pipe.source_data()[0])  # joint: the labelled source joins the round
     assert oracle.trainer.global_batch == adapt.trainer.global_batch
     assert oracle.encoder == adapt.encoder == pipe.train_config("source").encoder
     assert pipe.source_simulated and pipe.target_simulated

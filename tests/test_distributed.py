@@ -156,16 +156,24 @@ def test_killed_rank_resumes_to_the_uninterrupted_two_rank_model(speakers, tmp_p
     # 24 utterances / batch 8 = 3 steps an epoch, 12 in all: kill rank 1 at a random step.
     step = int(np.random.default_rng().integers(2, 11))
     killed = run_cdino(args(tmp_path / "killed"), 2, check=False, CDINO_FAULT=f"step:{step}@1")
-    assert killed.returncode != 0, "the job should have died with its rank"
-    assert not (tmp_path / "killed" / "model").exists()
+
+    def story(folder: Path, proc) -> str:  # what a failure needs to be understood (it was rare)
+        log = folder / "train.log"
+        return (f"kill at step {step}; the killed run's output:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n"
+                f"train.log:\n{log.read_text()[-3000:] if log.is_file() else '(none)'}")
+
+    assert killed.returncode != 0, "the job should have died with its rank\n" + story(tmp_path / "killed", killed)
+    assert not (tmp_path / "killed" / "model").exists(), story(tmp_path / "killed", killed)
     run_cdino(args(tmp_path / "killed"), 2)  # a plain rerun with --resume
-    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "killed" / "model"), step
+    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "killed" / "model"), \
+        story(tmp_path / "killed", killed)
     # Rank 0 killed half-way through writing a checkpoint: the rerun resumes from the last
     # complete one.
     killed = run_cdino(args(tmp_path / "mid_write"), 2, check=False, CDINO_FAULT="checkpoint_write:5@0")
-    assert killed.returncode != 0
+    assert killed.returncode != 0, story(tmp_path / "mid_write", killed)
     run_cdino(args(tmp_path / "mid_write"), 2)
-    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "mid_write" / "model")
+    assert same_encoder_weights(tmp_path / "ref" / "model", tmp_path / "mid_write" / "model"), \
+        story(tmp_path / "mid_write", killed)
 
 
 def test_fault_once_fires_once_across_restarts(tmp_path):

@@ -226,3 +226,120 @@ def test_move_cap_bounds_the_samples_moved_per_epoch(tiny_data, tmp_path):
     # each class (6 samples) takes at most 20 % of its size, one whole sample, per epoch
     assert all(h["moved_fraction"] <= 4 / 24 + 1e-9 for h in capped), capped
     assert any(h["moved_fraction"] > 0 for h in capped), capped
+
+
+def test_stop_rule_ends_the_rounds_at_the_first_round_no_better_than_the_best(tiny_data, tmp_path, init_model,
+                                                                               monkeypatch):
+    """``pseudo.stop: criterion``: after rounds 2.. the rounds so far are scored together;
+    the rounds go on while the newest is the best and end at the first that is not, keeping
+    the best. The decision is written once; a rerun reads it instead of scoring again."""
+    import cdino.eval.selection as selection
+
+    made = {1: 0.30, 2: 0.20, 3: 0.25, 4: 0.10}  # round 3 is worse than round 2: stop there, keep 2
+    asked = []
+
+    def fake_scores(models, data_dir, device="cpu", embed=None, **kw):
+        asked.append(sorted(models))
+        assert all((p / "config.yaml").is_file() for p in models.values())
+        return {n: {"cross_channel": made[int(n[len("round"):])]} for n in models}, ["u"] * 7, {}
+
+    monkeypatch.setattr(selection, "score_candidates", fake_scores)
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=1", "pseudo.rounds=4", "pseudo.stop=criterion"])
+    summaries = stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / "p")
+    assert [s["round"] for s in summaries] == [1, 2, 3]
+    assert asked == [["round1", "round2"], ["round1", "round2", "round3"]]
+    assert "stop" not in summaries[0] and summaries[1]["stop"]["stop"] is False
+    assert summaries[2]["stop"]["stop"] is True and summaries[2]["stop"]["best"] == 2
+    assert not (tmp_path / "p" / "round4").exists()
+    assert json.loads((tmp_path / "p" / "round3" / "stop.json").read_text())["criterion"] == "cross_channel"
+
+    monkeypatch.setattr(selection, "score_candidates", lambda *a, **k: pytest.fail("scored again on rerun"))
+    again = stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / "p")
+    assert [s["round"] for s in again] == [1, 2, 3] and again[2]["stop"]["best"] == 2
+    # without the rule every round runs; the last round is never scored (nothing after it to save)
+    made[3] = 0.15
+    asked.clear()
+    monkeypatch.setattr(selection, "score_candidates", fake_scores)
+    cfg3 = load_config(TrainConfig, BASE, overrides=["trainer.epochs=1", "pseudo.rounds=3", "pseudo.stop=criterion"])
+    got = stages.train_pseudo_rounds(cfg3, tiny_data, init_model, tmp_path / "q", last_round=2)
+    assert [s["round"] for s in got] == [1, 2] and asked == [["round1", "round2"]]  # last_round ends early too
+    got = stages.train_pseudo_rounds(cfg3, tiny_data, init_model, tmp_path / "q")
+    assert [s["round"] for s in got] == [1, 2, 3] and "stop" not in got[2]
+
+
+def test_stop_rule_scores_the_rounds_on_training_recordings(tmp_path, init_model):
+    """The real criterion (no stand-in): with a second view it is cross_view, each round
+    gets a value, and the decision follows them."""
+    data_dir = write_speaker_dir(tmp_path / "av", 4, 6, 1.0, visual_dim=8)
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=1", "pseudo.rounds=3", "pseudo.stop=criterion"])
+    summaries = stages.train_pseudo_rounds(cfg, data_dir, init_model, tmp_path / "p")
+    d = summaries[1]["stop"]
+    assert d["criterion"] == "cross_view" and set(d["values"]) == {"round1", "round2"}
+    v = {k: x["cross_view"] for k, x in d["values"].items()}
+    assert d["best"] == (1 if v["round1"] < v["round2"] else 2) and d["stop"] == (d["best"] == 1)
+    assert [s["round"] for s in summaries] == ([1, 2] if d["stop"] else [1, 2, 3])
+
+
+def test_trusted_labels_are_never_gated_or_corrected_and_set_no_steps(tiny_data, tmp_path):
+    """Joint training: samples with true labels (``trusted``) stay out of the gate's GMM,
+    are always trained on and never corrected; corrections of the others stay among the
+    clusters; an epoch has the steps of the pseudo-labelled samples alone."""
+    data = DataDir.load(tiny_data)
+    true = data.speaker_labels()[0]
+    trusted = true >= 2  # speakers 2 and 3 play the labelled folder: classes 2, 3
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=3", "pseudo.gate.mode=fixed",
+                                                    "pseudo.gate.fixed_threshold=0.0001",
+                                                    "pseudo.correction.threshold=0.01"])
+    method = PseudoLabelMethod(true, true_labels=true, plot_dir=tmp_path / "plots", trusted=trusted)
+    seen = []
+    count = method._count
+
+    def spy(idx, y, y_final, reliable, corrected, trusted_rows=None):
+        seen.append((trusted_rows.clone(), reliable.clone(), corrected.clone(), y_final.clone()))
+        count(idx, y, y_final, reliable, corrected, trusted_rows)
+
+    method._count = spy
+    trainer = Trainer(cfg, method, data, tmp_path / "exp")
+    history = trainer.fit()
+    assert trainer.steps_per_epoch == int((~trusted).sum()) // 8 == 1
+    losses = method.gate_a.losses.cpu().numpy()
+    assert np.isnan(losses[trusted]).all() and np.isfinite(losses[~trusted]).any()
+    for rows, reliable, corrected, y_final in seen:
+        assert rows.any() and reliable[rows].all() and not corrected[rows].any()  # always used, never corrected
+        assert (y_final[~rows] < 2).all()  # corrections stay among the clusters (classes 0, 1)
+    assert any(not reliable[~rows].all() for rows, reliable, _, _ in seen[1:])  # the gate did gate the others
+    assert method.n_pseudo == 2
+    assert all(h["reliable_fraction"] < 1.0 for h in history[1:])  # counted over pseudo labels only
+    assert method.align.prior.numel() == 2  # distribution alignment over the clusters only
+
+
+def test_joint_rounds_add_the_labelled_speakers_as_classes(tiny_data, tmp_path, init_model):
+    labelled = write_speaker_dir(tmp_path / "labelled", n_speakers=3, utts_per_speaker=5, seconds=1.5, seed=7)
+    cfg = load_config(TrainConfig, BASE, overrides=["trainer.epochs=2", "pseudo.rounds=2",
+                                                    f"pseudo.labelled={labelled}"])
+    before = {f.name: f.read_bytes() for d in (tiny_data, labelled) for f in d.iterdir() if f.is_file()}
+    summaries = stages.train_pseudo_rounds(cfg, tiny_data, init_model, tmp_path / "p")
+    after = {f.name: f.read_bytes() for d in (tiny_data, labelled) for f in d.iterdir() if f.is_file()}
+    assert set(after) - set(before) <= {"utt2dur"}  # both folders as given (a store may cache lengths) ...
+    assert all(after[k] == v for k, v in before.items())
+    for d in (tiny_data, labelled):  # ... and a cache holds its own folder's utterances only
+        if (d / "utt2dur").is_file():
+            assert DataDir.load(d).utts == [l.split()[0] for l in (d / "wav.scp").read_text().splitlines()]
+    for r, s in enumerate(summaries, 1):
+        assert s["clustering"]["labelled"] == {"folder": str(labelled), "utterances": 15, "speakers": 3}
+        centres = np.load(tmp_path / "p" / f"round{r}" / "labelled_centres.npy")
+        assert centres.shape[0] == 3 and np.allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)
+        assert "purity" in s["clustering"]  # diagnostics of the clusters (the unlabelled utterances only)
+    # the model folder describes the unlabelled domain: its mean is of those utterances alone
+    from cdino.eval.model_folder import read_model_folder
+
+    model = read_model_folder(tmp_path / "p" / "round2" / "model")
+    assert model.mean.shape[0] == centres.shape[1]
+    # a "labelled" folder without speakers is a one-line error naming it
+    from cdino.errors import DataError
+
+    (tmp_path / "nolabels").mkdir()
+    (tmp_path / "nolabels" / "wav.scp").write_text((labelled / "wav.scp").read_text().replace("wav/", f"{labelled}/wav/"))
+    bad = load_config(TrainConfig, BASE, overrides=[f"pseudo.labelled={tmp_path / 'nolabels'}", "pseudo.rounds=1"])
+    with pytest.raises(DataError, match=r"pseudo.labelled: .*nolabels: no utt2spk"):
+        stages.train_pseudo_rounds(bad, tiny_data, init_model, tmp_path / "q")

@@ -52,7 +52,8 @@ from cdino.methods.schedules import linear_warmup
 class PseudoLabelConfig:
     """Pseudo-label rounds, AAM-softmax, DLG-LC and the optional second modality."""
 
-    rounds: int = 5  # extract → cluster → train rounds
+    rounds: int = 5  # extract → cluster → train rounds (with stop: criterion, the most)
+    stop: Literal["never", "criterion"] = "never"  # criterion: after each round from the 2nd, stop when the label-free criterion (cdino.eval.selection) finds it no better than the best earlier round, which is then the one kept
     restart_from_init: bool = False  # each round restarts from the stage-1 model (else continues from the last round)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)  # clustering into pseudo labels
     embed_seconds: float = 20.0  # longest central part embedded for clustering
@@ -68,6 +69,7 @@ class PseudoLabelConfig:
     visual: str | None = None  # data folder holding visual.npy + visual_utts.txt (None: the training data folder)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     visual_hidden: int = 256  # width of the visual classifier's MLP
+    labelled: str | None = None  # a labelled data folder (utt2spk) joining every round with its true labels: its speakers are classes beside the clusters, never gated or corrected (joint training, e.g. with the labelled source domain in adaptation); audio only
     refine_visual: bool = True  # the visual view learns across rounds: round r+1 clusters on round r's visual-MLP embeddings and continues that MLP (False: every round starts from the precomputed rows)
     plots: bool = True  # loss-gate histogram PNG per epoch
     large_margin_epochs: int = 0  # optional large-margin fine-tuning epochs after the last round
@@ -114,8 +116,13 @@ class PseudoLabelMethod(Method):
                  true_labels: np.ndarray | None = None, round_index: int = 1,
                  plot_dir: Path | None = None, name: str | None = None,
                  margin: float | None = None, segment_seconds: float | None = None,
-                 class_centres: np.ndarray | None = None, init_visual: dict | None = None) -> None:
+                 class_centres: np.ndarray | None = None, init_visual: dict | None = None,
+                 trusted: np.ndarray | None = None) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
+        # Samples whose labels are true labels (a labelled folder joining the rounds): never
+        # gated, corrected or counted in the gate's diagnostics; an epoch has the steps of
+        # the other (pseudo-labelled) samples alone.
+        self.trusted_np = None if trusted is None or not np.any(trusted) else np.asarray(trusted, dtype=bool)
         self.class_centres = class_centres
         self.n_classes = int(self.labels.max()) + 1
         self.init_encoder = init_encoder
@@ -151,13 +158,16 @@ class PseudoLabelMethod(Method):
                 self.student.aam.weight.copy_(torch.as_tensor(self.class_centres, dtype=torch.float32))
         n = len(self.labels)
         self.label_t = torch.from_numpy(self.labels).to(dev)
+        self.trusted = None if self.trusted_np is None else torch.from_numpy(self.trusted_np).to(dev)
+        # Corrections move a pseudo label to another cluster, never to a labelled speaker.
+        self.n_pseudo = self.n_classes if self.trusted_np is None else int(self.labels[~self.trusted_np].max()) + 1
         self.gate_a = LossGate(self.pc.gate, n, device=dev)
         self.gate_v = LossGate(self.pc.gate, n, device=dev) if self.multimodal else None
         fused_rule = self.multimodal and self.pc.fusion.reliability == "fused"
         self.gate_f = LossGate(self.pc.gate, n, device=dev) if fused_rule else None
         cc = self.pc.correction
         sizes = torch.bincount(self.label_t, minlength=self.n_classes).float()  # samples per pseudo class
-        self.align = DistributionAlignment(sizes, cc.align_momentum) if cc.enabled and cc.align else None
+        self.align = DistributionAlignment(sizes[: self.n_pseudo], cc.align_momentum) if cc.enabled and cc.align else None
         # The cap is global: every rank applies it to the parts of each global batch in order
         # (cap_moves_in_order), so the moves do not depend on the number of ranks.
         self.move_cap = cc.max_moves_per_class * sizes if cc.enabled and cc.max_moves_per_class > 0 else None
@@ -191,6 +201,11 @@ class PseudoLabelMethod(Method):
         self._segment_dataset = SegmentDataset(self.ctx.store, self.labels, int(lo * SAMPLE_RATE),
                                                int(hi * SAMPLE_RATE), seed=self.ctx.cfg.trainer.seed)
         return self._segment_dataset
+
+    def steps_per_epoch(self) -> int | None:
+        if self.trusted_np is None or self.ctx.cfg.trainer.steps_per_epoch:
+            return None
+        return max(1, int((~self.trusted_np).sum()) // self.ctx.cfg.trainer.global_batch)
 
     def _seconds(self) -> tuple[float, float]:
         if self.segment_override:
@@ -245,7 +260,9 @@ class PseudoLabelMethod(Method):
             # The gate judges a label by the margin-free cross-entropy (scale * cos), so its
             # threshold stays comparable while the margin warms up and between epochs.
             gate_a = F.cross_entropy(cos_a.detach().float() * scale, y, reduction="none")
-            self.gate_a.update(idx, gate_a)
+            trusted = None if self.trusted is None else self.trusted[idx]
+            # A true label's loss stays out of the gate's GMM (NaN: never seen).
+            self.gate_a.update(idx, gate_a if trusted is None else torch.where(trusted, torch.nan, gate_a))
             gate_v = None
             if cos_v is not None:
                 gate_v = F.cross_entropy(cos_v.detach().float() * scale, y, reduction="none")
@@ -268,10 +285,12 @@ class PseudoLabelMethod(Method):
                     reliable = rel_a
             else:
                 reliable = torch.ones_like(y, dtype=torch.bool)
+            if trusted is not None:
+                reliable = reliable | trusted
             y_final, corrected = y, torch.zeros_like(reliable)
             if clean_cos is not None:
                 c = self.pc.correction
-                probs = F.softmax(clean_cos * self.pc.scale / c.temperature, -1)
+                probs = F.softmax(clean_cos[:, : self.n_pseudo] * self.pc.scale / c.temperature, -1)
                 if cos_v is not None:
                     probs = joint_prediction(probs, F.softmax(cos_v.detach().float() * self.pc.scale / c.temperature, -1),
                                              has_v)
@@ -291,7 +310,7 @@ class PseudoLabelMethod(Method):
             loss_v = F.cross_entropy(aam_logits(cos_v.float(), y_final, margin, scale), y_final, reduction="none")
             vuse = use * has_v.float()
             loss = loss + (loss_v * vuse).sum() / vuse.sum().clamp_min(1.0)
-        self._count(idx, y, y_final, reliable, corrected)
+        self._count(idx, y, y_final, reliable, corrected, trusted)
         stats = {"loss": loss.detach(), "reliable": reliable.float().mean(),
                  "corrected": corrected.float().mean(), "margin": torch.full((), margin, device=loss.device)}
         stats["acc"] = (cos_a.detach().argmax(-1) == y).float().mean()
@@ -308,16 +327,17 @@ class PseudoLabelMethod(Method):
         return cos
 
     @torch.no_grad()
-    def _count(self, idx, y, y_final, reliable, corrected) -> None:
+    def _count(self, idx, y, y_final, reliable, corrected, trusted=None) -> None:
         c = self.count
-        c["seen"] += y.numel()
+        pseudo = torch.ones_like(reliable) if trusted is None else ~trusted  # the gate's samples
+        c["seen"] += pseudo.sum()
         c["unreliable"] += (~reliable).sum()
         c["corrected"] += corrected.sum()
         c["corrected_into"].index_add_(0, y_final, corrected.float())  # no host sync
         c["moved"] += (corrected & (y_final != y)).sum()
         if self.diag is not None:  # diagnostics only
             true, majority = self.diag["true"][idx], self.diag["majority"]
-            wrong = majority[y] != true  # the cluster's majority speaker is not this speaker
+            wrong = (majority[y] != true) & pseudo  # the cluster's majority speaker is not this speaker
             c["wrong"] += wrong.sum()
             c["unreliable_wrong"] += (wrong & ~reliable).sum()
             c["corrected_right"] += (corrected & (majority[y_final] == true)).sum()

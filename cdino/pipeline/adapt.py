@@ -30,9 +30,10 @@ from its checkpoints. Under ``torchrun`` every rank runs every stage together (t
 embedding for clustering and for evaluation are split over the ranks); generating the
 corpus, k-means, scoring and the report are rank 0's, as in :mod:`cdino.pipeline.method`.
 
-Not built: joint training in which the labelled source data joins each round with its
-true labels (a separate classifier head per source), the other usual form of
-unsupervised domain adaptation; the rounds here see target audio only.
+With ``joint: true`` the labelled source training data joins every round with its true
+labels (``pseudo.labelled``): its speakers are classes beside the target's clusters, never
+gated or corrected, each batch holds about half of each, and a round has the steps of the
+target data alone (so the oracle's budget is unchanged).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class SourceSpec:
     """The source domain: the model to adapt, or the labelled data it is trained on."""
 
     model: str | None = None  # an existing model folder to adapt (then nothing is trained on the source)
-    train: str | None = None  # labelled source training folder (utt2spk) for the supervised source model
+    train: str | None = None  # labelled source training folder (utt2spk) for the supervised source model (with model and joint: true, the labelled data joining the rounds)
     test: str | None = None  # source test folder, for the before/after check (none: the check is skipped)
     trials: str | None = None  # its trials (default: TEST/trials)
     corpus: SimulatedCorpus = field(default_factory=SimulatedCorpus)  # simulated source data when neither model nor train is given
@@ -107,6 +108,7 @@ class AdaptRecipeConfig:
     adapt: dict = field(default_factory=dict)  # overrides of the DLG-LC rounds on the target (pseudo.rounds, kmeans ...)
     oracle: dict = field(default_factory=dict)  # overrides of the oracle; its epochs, steps per epoch and global batch are the adaptation's
     run_oracle: bool = True  # train the oracle (needs the target's utt2spk)
+    joint: bool = False  # the labelled source training data joins every round with its true labels (pseudo.labelled: its speakers as classes beside the target's clusters, never gated or corrected; each batch about half source), so the source domain is not forgotten; needs source.train or the simulated source
     align: bool = True  # before the rounds, align the source model to the target without labels: target BatchNorm statistics, mean and calibration (cdino.train.domain)
     oracle_from_source: bool = True  # the oracle fine-tunes the source model (True) or trains from scratch
     ship: str = "select"  # the model exported: "select" = the aligned model or a round, picked by the label-free criterion on the target recordings (cdino.eval.selection; the stop rule); "last" = the last round
@@ -119,9 +121,10 @@ class AdaptRecipeConfig:
         if self.target.train and not self.target.test:
             raise ConfigError("target.test: a target training folder needs a target test folder "
                               "(the adaptation is judged on its trials)")
-        if self.source.model and self.source.train:
+        if self.source.model and self.source.train and not self.joint:
             raise ConfigError("source: give source.model (a model to adapt) or source.train "
-                              "(labelled data to train one on), not both")
+                              "(labelled data to train one on), not both (both only with joint: true, "
+                              "where source.train joins the rounds)")
         if self.bootstrap < 0:
             raise ConfigError(f"bootstrap: must be >= 0, got {self.bootstrap}")
         if self.ship not in ("select", "last"):
@@ -174,7 +177,14 @@ class AdaptPipeline(StagedRun):
         where = f"adaptation recipe stage '{stage}'"
         if stage == "source":
             return from_dict(TrainConfig, merge_overrides(self.r.base, self.r.supervised), where=where)
-        adapt = from_dict(TrainConfig, merge_overrides(self.r.base, self.r.adapt, self._architecture()),
+        joint = {}
+        if self.r.joint:
+            labelled = self.source_data()[0]
+            if labelled is None:
+                raise ConfigError("joint: needs labelled source data (source.train, or the simulated source corpus); "
+                                  "source.model alone has none")
+            joint = {"pseudo": {"labelled": str(labelled)}}
+        adapt = from_dict(TrainConfig, merge_overrides(self.r.base, self.r.adapt, self._architecture(), joint),
                           where="adaptation recipe stage 'adapt'")
         if stage == "adapt":
             return adapt
@@ -335,10 +345,11 @@ class AdaptPipeline(StagedRun):
         """The model shipped: the stop rule's pick among the aligned model and the rounds
         (``ship: select``) or the last round; evaluated on the source domain (*after*)."""
         out, ada = self.out / "adapt", self.stage_info("adapt")
-        candidates = {f"adapt_r{r}": out / f"round{r}" / "model" for r in range(1, self.rounds + 1)}
+        candidates = {f"adapt_r{r}": out / f"round{r}" / "model" for r in range(1, self.rounds + 1)
+                      if (out / f"round{r}" / "model" / "config.yaml").is_file()}  # fewer where pseudo.stop ended them
+        shipped, selection = list(candidates)[-1], None
         if ada.get("aligned") is not None:
             candidates = {"aligned": out / "aligned", **candidates}
-        shipped, selection = f"adapt_r{self.rounds}", None
         if self.r.ship == "select" and len(candidates) > 1:
             selection = self._select(candidates)
             shipped = selection["pick"]

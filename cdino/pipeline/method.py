@@ -5,6 +5,10 @@ when its outputs exist.
     baselines   untrained encoder, mean/std fbank cosine
     dino        stage 1
     cdino       cluster-aware DINO, continuing from dino
+    choose      (only with ``choose``) settings of the rounds picked without labels: each
+                candidate trains round 1 from cdino, the label-free criterion picks one value
+                per key (keys in order, each from the previous keys' picks), and the pick's
+                round 1 becomes pseudo's round 1
     pseudo      R rounds of audio DLG-LC from cdino            → pseudo_r1..R
     mm          R rounds of audio-visual DLG-LC from cdino     → mm_r1..R (same rounds and steps)
     ablations   one round each from cdino: gate off / fixed gate / DLG / DLG-LC, and
@@ -35,7 +39,7 @@ from cdino.errors import ConfigError, DataError
 from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
 from cdino.pipeline.staged_run import StagedRun, print_finished
 
-STAGES = ["corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised",
+STAGES = ["corpus", "baselines", "dino", "cdino", "choose", "pseudo", "mm", "ablations", "controls", "supervised",
           "report"]
 ABLATIONS = ["gate_off", "fixed_gate", "dlg", "dlg_lc", "audio_visual_weak"]
 CONTROLS = ["dino_equal", "supervised_full"]
@@ -83,7 +87,8 @@ class RecipeConfig:
     ablations: dict = field(default_factory=dict)  # name → overrides of a one-round run from cdino (gate_off, fixed_gate, dlg, dlg_lc, audio_visual_weak)
     controls: dict = field(default_factory=dict)  # equal-cost controls: dino_equal, supervised_full (name → overrides)
     seeds: list[int] = field(default_factory=list)  # a study: the pipeline once per training seed into EXP/seed{S}/
-    final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = last round), or "select": picked after the run by the label-free criterion (docs/selection.md)
+    choose: dict = field(default_factory=dict)  # settings of the rounds picked without labels before they run: override key of the pseudo stage → candidate values, e.g. {pseudo.kmeans.n_clusters: [200, 300]} (the `choose` stage; docs/selection.md)
+    final: str = "mm_rR"  # the stage exported as EXP/model (fixed before the run; mm_rR / pseudo_rR = the last round, or with pseudo.stop: criterion the round kept), or "select": picked after the run by the label-free criterion (docs/selection.md)
     bootstrap: int = 1000  # bootstrap resamples for the EER confidence intervals
     evaluate_dev: bool = False  # also evaluate every stage on the labelled dev split (dev_eer ...): what recipe settings are chosen on, never the test trials
     validation: float = 0.0  # hold out this fraction of the training utterances from every stage and report each stage's label-free validation EER on them (cdino.eval.validation); 0: none
@@ -91,6 +96,19 @@ class RecipeConfig:
     def validate(self) -> None:
         if self.kind != "pipeline":
             raise ConfigError(f"kind: the method's pipeline reads recipes of kind 'pipeline', got '{self.kind}'")
+        for key, values in self.choose.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"recipe key 'choose.{key}': a list of candidate values, got {values!r}")
+            if key in ("pseudo.rounds", "pseudo.modality", "pseudo.stop"):
+                raise ConfigError(f"recipe key 'choose.{key}': not chosen by candidates' round 1 "
+                                  f"(the number of rounds: pseudo.stop: criterion)")
+
+
+def nested(key: str, value) -> dict:
+    """``"a.b.c", v`` → ``{"a": {"b": {"c": v}}}`` (a dotted override key as a mapping)."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def load_recipe(source: str | Path, overrides=()) -> RecipeConfig:
@@ -114,19 +132,28 @@ class MethodPipeline(StagedRun):
     """Runs a recipe into ``out``; see the module docstring."""
 
     stages = STAGES
-    trained = ("dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised")
+    trained = ("dino", "cdino", "choose", "pseudo", "mm", "ablations", "controls", "supervised")
 
     def __init__(self, recipe: RecipeConfig, out: Path) -> None:
         super().__init__(recipe, out)
         self.rounds = self.train_config("pseudo").pseudo.rounds
         self._check_final()
+        for key, values in self.r.choose.items():  # every candidate must make a valid config now, not after stage 1
+            for v in values:
+                self.train_config("pseudo", nested(key, v), where=f"recipe key 'choose.{key}' value {v!r}")
 
     # ------------------------------------------------------------------ configs
-    def train_config(self, stage: str, extra: dict | None = None):
+    def train_config(self, stage: str, extra: dict | None = None, where: str | None = None):
+        """A stage's training config; the rounds' stages take the ``choose`` stage's picks too."""
         from cdino.train.trainer import TrainConfig
 
-        return from_dict(TrainConfig, merge_overrides(stage_overrides(self.r, stage), extra or {}),
-                         where=f"recipe stage '{stage}'")
+        chosen = self.chosen() if stage in ("pseudo", "mm", "ablations") else {}
+        return from_dict(TrainConfig, merge_overrides(stage_overrides(self.r, stage), chosen, extra or {}),
+                         where=where or f"recipe stage '{stage}'")
+
+    def chosen(self) -> dict:
+        """The overrides the ``choose`` stage picked (``{}`` before it ran or without ``choose``)."""
+        return self.stage_info("choose").get("overrides", {}) if self.r.choose else {}
 
     def _check_final(self) -> None:
         names = self.stage_names()
@@ -141,7 +168,11 @@ class MethodPipeline(StagedRun):
         return names
 
     def resolve_final(self) -> str:
-        return self.r.final.replace("rR", f"r{self.rounds}")
+        """``final`` with ``rR`` resolved: the last round, or the round the stop rule kept."""
+        if not self.r.final.endswith("_rR"):
+            return self.r.final
+        stage = self.r.final[: -len("_rR")]
+        return self.stage_info(stage).get("kept") or f"{stage}_r{self.rounds}"
 
     # ------------------------------------------------------------------ data
     @property
@@ -171,6 +202,13 @@ class MethodPipeline(StagedRun):
         return self.out / "corpus" / "dev"
 
     @property
+    def criterion_dir(self) -> Path:
+        """Unlabelled recordings the label-free choices score (``choose``, ``pseudo.stop``,
+        ``final: select``): the held-out validation utterances where the recipe has them (no
+        candidate trained on them), else the training recordings."""
+        return self.valid_dir or self.train_dir
+
+    @property
     def test_dir(self) -> Path:
         return Path(self.r.data.test) if self.r.data.test else self.out / "corpus" / "test"
 
@@ -181,6 +219,7 @@ class MethodPipeline(StagedRun):
     # ------------------------------------------------------------------ stages
     def skip(self, stage: str) -> bool:
         return ((stage == "mm" and not self.r.multimodal)
+                or (stage == "choose" and not self.r.choose)
                 or (stage == "supervised" and not self.r.run_supervised)
                 or (stage == "ablations" and not self.r.ablations)
                 or (stage == "controls" and not self.r.controls))
@@ -385,7 +424,7 @@ class MethodPipeline(StagedRun):
         return self._train_stage1("cdino", {"dino": {"init": str(self.out / "dino")}})
 
     def _rounds(self, stage: str, extra: dict | None = None, out: Path | None = None,
-                prefix: str | None = None) -> dict:
+                prefix: str | None = None, last_round: int | None = None) -> dict:
         from cdino.train.stages import round_diagnostics, train_pseudo_rounds
 
         cfg = self.train_config("mm" if stage == "mm" else "pseudo", extra)
@@ -398,13 +437,75 @@ class MethodPipeline(StagedRun):
                                          "seconds": summary["seconds"], **round_diagnostics(summary)}
 
         summaries = train_pseudo_rounds(cfg, self.train_dir, self.out / "cdino" / "model", out,
-                                        resume=True, on_round=on_round)
+                                        resume=True, on_round=on_round, last_round=last_round,
+                                        criterion_data=self.criterion_dir)
         for s in summaries:  # rounds finished by an earlier run
             name = f"{prefix}_r{s['round']}"
             if name not in results:
                 results[name] = {**self.evaluate(out / f"round{s['round']}" / "model", name),
                                  "seconds": s["seconds"], **round_diagnostics(s)}
-        return {"rounds": results}
+            if "stop" in s:
+                results[name]["stop"] = s["stop"]
+        got = {"rounds": results}
+        stop = summaries[-1].get("stop") if summaries else None
+        if stop and stop["stop"]:
+            got["kept"] = f"{prefix}_r{stop['best']}"
+        return got
+
+    def stage_choose(self) -> dict:
+        """``choose``: for each key in order, round 1 from cdino with every candidate value
+        (the earlier keys at their picks), scored together by the label-free criterion on
+        :attr:`criterion_dir`'s recordings; the lowest is picked. Candidates are evaluated on the test
+        (and dev) trials for the report only. The final pick's round 1 is pseudo's round 1
+        (the same config and seed: it would train the same)."""
+        from cdino.distributed import barrier, is_main, resolve_device
+        from cdino.eval.selection import pick_candidate, score_candidates
+
+        folder = self.out / "choose"
+        picks: dict = {}
+        runs: dict[str, dict] = {}  # a candidate's whole training config → {"name", "model", "result"}: each config trains once
+        keys = []
+
+        def config_of(settings: dict) -> tuple[dict, str]:
+            over = merge_overrides(*(nested(k, x) for k, x in settings.items()), {"pseudo": {"modality": "audio"}})
+            return over, json.dumps(to_dict(self.train_config("pseudo", over)), sort_keys=True, default=str)
+
+        for key, values in self.r.choose.items():
+            candidates = {}
+            for v in values:
+                settings = {**picks, key: v}
+                over, sig = config_of(settings)
+                if sig not in runs:
+                    name = "+".join(f"{k}={x}" for k, x in settings.items())
+                    got = self._rounds("pseudo", over, out=folder / name, prefix=name, last_round=1)
+                    runs[sig] = {"name": name, "model": folder / name / "round1" / "model",
+                                 "result": got["rounds"][f"{name}_r1"]}
+                candidates[json.dumps(v, default=str)] = runs[sig]
+            record = folder / f"{key}.json"
+            if is_main() and not record.is_file():
+                device = str(resolve_device(self.train_config("dino").trainer.device))
+                values_of, utts, _ = score_candidates({c: run["model"] for c, run in candidates.items()},
+                                                      self.criterion_dir, device=device)
+                criterion, pick = pick_candidate(values_of)
+                from cdino.atomic import write_text
+
+                write_text(record, json.dumps({"key": key, "criterion": criterion, "pick": json.loads(pick),
+                                               "recordings": len(utts), "data": str(self.criterion_dir),
+                                               "values": values_of}, indent=1))
+                print(f"[choose] {key}: {json.loads(pick)!r}, picked without labels by {criterion} "
+                      f"on {len(utts)} recordings of {self.criterion_dir}", flush=True)
+            barrier()
+            decision = json.loads(record.read_text())
+            decision["candidates"] = {c: {**run["result"], "folder": run["name"]} for c, run in candidates.items()}
+            picks[key] = decision["pick"]
+            keys.append(decision)
+        final = runs[config_of(picks)[1]]
+        if is_main() and not (self.out / "pseudo" / "round1" / "summary.json").is_file():
+            shutil.rmtree(self.out / "pseudo", ignore_errors=True)
+            shutil.copytree(final["model"].parent, self.out / "pseudo" / "round1")
+        barrier()
+        return {"keys": keys, "picks": picks,
+                "overrides": merge_overrides(*(nested(k, x) for k, x in picks.items()))}
 
     def stage_pseudo(self) -> dict:
         return self._rounds("pseudo", {"pseudo": {"modality": "audio"}})
@@ -452,8 +553,9 @@ class MethodPipeline(StagedRun):
                                                config_stage="cdino", out=out, name=name)
                 res[name]["steps"] = read_model_info(out / "model").get("steps")
                 continue
+            rounds = len(self.stage_info("pseudo").get("rounds", {})) or self.rounds  # as trained (pseudo.stop may end them early)
             epochs = (self.train_config("dino").trainer.epochs + self.train_config("cdino").trainer.epochs
-                      + self.rounds * self.train_config("pseudo").trainer.epochs)
+                      + rounds * self.train_config("pseudo").trainer.epochs)
             cfg = self.train_config("supervised", merge_overrides({"trainer": {"epochs": epochs}}, over or {}))
             t0 = time.perf_counter()
             if not model_complete(out / "model"):
@@ -486,6 +588,10 @@ class MethodPipeline(StagedRun):
             final = self.selection["pick"]
         else:
             final = self.resolve_final()
+        if not (self._model_dir_of(final) / "config.yaml").is_file():
+            raise ConfigError(f"recipe key 'final': {final} was not trained (the stop rule ended its rounds "
+                              f"earlier: {self._model_dir_of(final).parent.parent / 'round*' / 'stop.json'}); "
+                              "use pseudo_rR / mm_rR or select")
         write_report(self, final)
         copy_folder(self._model_dir_of(final), self.out / "model")
         return {"final": final, "results": str(self.out / "results.json")}
@@ -493,18 +599,20 @@ class MethodPipeline(StagedRun):
     def _select_final(self) -> dict:
         """``final: select``: the stage shipped is the trained stage with the lowest label-free
         criterion (cdino.eval.selection: ``cross_view`` where the training data has a second
-        view, else ``cross_channel``) on up to 1600 training recordings; no label is read."""
+        view, else ``cross_channel``) on up to 1600 recordings of :attr:`criterion_dir`; no label is read."""
         from cdino.distributed import resolve_device
         from cdino.eval.selection import pick_candidate, score_candidates
 
         names = [n for n in self.stage_names() if not n.endswith("_rR")]
         candidates = {n: self._model_dir_of(n) for n in names if (self._model_dir_of(n) / "config.yaml").is_file()}
         device = str(resolve_device(self.train_config("dino").trainer.device))
-        values, utts, _ = score_candidates(candidates, self.train_dir, device=device)
+        values, utts, _ = score_candidates(candidates, self.criterion_dir, device=device)
         criterion, pick = pick_candidate(values)
-        print(f"[report] final: {pick}, picked without labels by {criterion} on {len(utts)} training recordings",
+        print(f"[report] final: {pick}, picked without labels by {criterion} on {len(utts)} recordings of "
+              f"{self.criterion_dir}",
               flush=True)
-        return {"criterion": criterion, "pick": pick, "recordings": len(utts), "values": values}
+        return {"criterion": criterion, "pick": pick, "recordings": len(utts), "data": str(self.criterion_dir),
+                "values": values}
 
     def _model_dir_of(self, name: str) -> Path:
         if name in ("dino", "cdino", "supervised"):

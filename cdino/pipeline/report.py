@@ -61,17 +61,23 @@ def collect_results(pipe, final: str) -> dict:
         if info:
             clusters = [h.get("clustering") for h in info.get("history", []) if isinstance(h, dict) and h.get("clustering")]
             add(name, info, {"clusterings": clusters} if clusters else None)
+    stops = {}
     for stage in ("pseudo", "mm"):
-        rounds = pipe.stage_info(stage).get("rounds", {})
+        info = pipe.stage_info(stage)
+        rounds = info.get("rounds", {})
         for name in sorted(rounds, key=lambda n: int(n.rsplit("_r", 1)[1])):
             res = rounds[name]
             add(name, res, {"gate": res.get("gate", [])})
+            if "stop" in res:
+                stops.setdefault(stage, []).append({"after": name, **res["stop"]})
     results = {
         "test": {"data": str(pipe.test_dir), "trials": str(pipe.trials), "n_trials": int(len(labels))},
         "scoring": "cosine, train-mean subtracted",
         "stages": stages,
         "final": final,
         "selection": getattr(pipe, "selection", None),
+        "choose": _choices(pipe.stage_info("choose")),
+        "stops": {stage: {"decisions": d, "kept": pipe.stage_info(stage).get("kept")} for stage, d in stops.items()},
     }
     base = pipe.stage_info("baselines")
     results["baselines"] = {}
@@ -102,10 +108,47 @@ def collect_results(pipe, final: str) -> dict:
     # The one total: every stage's recorded wall time (those of earlier runs included) and
     # the report's own, so results.json, report.md and the console say the same number.
     total = sum(float(pipe.stage_info(s).get("seconds", 0.0)) for s in
-                ("corpus", "baselines", "dino", "cdino", "pseudo", "mm", "ablations", "controls", "supervised"))
+                ("corpus", "baselines", "dino", "cdino", "choose", "pseudo", "mm", "ablations", "controls",
+                 "supervised"))
     total += time.perf_counter() - getattr(pipe, "report_started", time.perf_counter())
     results["seconds"] = {"corpus": float(corpus.get("seconds", 0.0)), "total": total}
     return results
+
+
+def _choices(info: dict) -> list[dict]:
+    """The ``choose`` stage's decisions: per key, every candidate's label-free criterion
+    beside its test (and dev) EER, and the pick."""
+    out = []
+    for d in info.get("keys", []):
+        cands = {}
+        for value, res in d.get("candidates", {}).items():
+            cands[value] = {"criterion": d["values"][value][d["criterion"]], **_metrics(res), "folder": res.get("folder")}
+        out.append({"key": d["key"], "criterion": d["criterion"], "pick": d["pick"], "recordings": d.get("recordings"),
+                    "data": d.get("data"), "candidates": cands})
+    return out
+
+
+def _choice_lines(results: dict) -> list[str]:
+    lines = []
+    if results.get("choose"):
+        lines += ["## Settings chosen without labels (`choose`)", "",
+                  "Each candidate trained round 1 from C-DINO; the label-free criterion on unlabelled recordings "
+                  f"(`{results['choose'][0].get('data') or 'the training data'}`) picked the value (keys in order, each "
+                  "with the earlier picks). Test and dev EER are shown for the reader; nothing read them.", "",
+                  "| key | value | label-free % | EER % | dev EER % | picked |", "|---|---|---|---|---|---|"]
+        for d in results["choose"]:
+            for value, c in d["candidates"].items():
+                picked = "**yes**" if value == json.dumps(d["pick"], default=str) else ""
+                lines.append(f"| {d['key']} | {value} | {_fmt_pct(c['criterion'])} | {_fmt_pct(c.get('eer'))} | "
+                             f"{_fmt_pct(c.get('dev_eer'))} | {picked} |")
+        lines.append("")
+    for stage, st in (results.get("stops") or {}).items():
+        lines += [f"Stop rule of the {stage} rounds (`pseudo.stop: criterion`): "
+                  + "; ".join(f"after {d['after']} {d['criterion']} "
+                              + ", ".join(f"r{k[len('round'):]} {100 * v[d['criterion']]:.2f} %" for k, v in d["values"].items())
+                              + (f" → stop, keep round {d['best']}" if d["stop"] else " → go on")
+                              for d in st["decisions"]) + ".", ""]
+    return lines
 
 
 def _fmt_pct(x) -> str:
@@ -176,8 +219,9 @@ def write_report(pipe, final: str) -> dict:
              + (f"The exported model (`model/`) is the recipe's fixed final stage **{final}**; "
                 "nothing was selected on the test trials." if not results.get("selection") else
                 f"The exported model (`model/`) is **{final}**, picked after training by the label-free "
-                f"criterion {results['selection']['criterion']} on {results['selection']['recordings']} training "
-                "recordings (column *label-free %*); nothing was selected on the test trials.")
+                f"criterion {results['selection']['criterion']} on {results['selection']['recordings']} unlabelled "
+                f"recordings of `{results['selection'].get('data') or 'the training data'}` (column *label-free %*); "
+                "nothing was selected on the test trials.")
              + (" *valid EER* is label-free: trials from k-means pseudo labels of training utterances "
                 "held out of every stage (`validation` in the recipe)." if pipe.valid_dir else "")
              + (" *dev EER* is on the labelled development split (speakers of neither train nor test) "
@@ -222,6 +266,7 @@ def write_report(pipe, final: str) -> dict:
                          f"{f'{100 * ci[0]:.2f}–{100 * ci[1]:.2f}' if ci else '–'} | {s['mindcf_0.01']:.3f} | "
                          f"{s.get('steps')} |")
         lines.append("")
+    lines += _choice_lines(results)
     if not results["ablations"]:
         lines += ["Ablations of the loss gate and label correction, the equal-cost controls and "
                   "their spread over training seeds are the subject of `cdino run ablations` "

@@ -252,11 +252,18 @@ def round_diagnostics(summary: dict) -> dict:
 
 
 def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path, out: str | Path,
-                        resume: bool = False, on_round=None) -> list[dict]:
+                        resume: bool = False, on_round=None, last_round: int | None = None,
+                        criterion_data: str | Path | None = None) -> list[dict]:
     """Stage 2: R rounds of extract → cluster → AAM + DLG-LC training.
 
     ``on_round(r, model_dir, summary)`` is called after each round (e.g. to evaluate on
-    test trials — for reporting only). Returns one summary dict per round.
+    test trials — for reporting only). ``last_round`` ends the rounds early (the rounds
+    trained are those of the full run: a later call continues them). With
+    ``pseudo.stop: criterion`` the rounds end when the label-free criterion finds a round
+    no better than the best earlier one (:func:`round_stop_decision`); that round's summary
+    then holds the decision under ``"stop"``, with the round kept. Returns one summary
+    dict per round trained. The stop rule scores recordings of ``criterion_data`` (default:
+    the training data; better, held-out unlabelled recordings none of the rounds trained on).
     """
     from cdino.data.stores import open_store
     from cdino.eval.model_folder import read_model_folder
@@ -272,17 +279,33 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
     visual = has_visual = None
     if pc.modality == "audio_visual":
         visual, has_visual = load_visual_for(store.utts, cfg, data)
+    joint = None
+    if pc.labelled:
+        if pc.modality == "audio_visual" or pc.large_margin_epochs:
+            raise ConfigError("pseudo.labelled: joint training with a labelled folder is built for audio rounds "
+                              "without large-margin fine-tuning (pseudo.modality: audio, large_margin_epochs: 0)")
+        joint = JointLabelled(data, store, pc.labelled, cfg, out / "joint_data")
     init_state = init_encoder_state(cfg, init)
     prev_model = Path(init)
     prev_visual = None  # (visual-MLP state, refined rows) of the previous round
     summaries = []
-    for r in range(1, pc.rounds + 1):
+    cache: dict = {}  # the stop rule's embeddings of each round, reused at the next decision
+
+    def stopped(r: int, summary: dict) -> bool:
+        if pc.stop != "criterion" or not 2 <= r < pc.rounds:
+            return False
+        summary["stop"] = round_stop_decision(out, r, criterion_data or data_dir, device, cache)
+        return summary["stop"]["stop"]
+
+    for r in range(1, min(pc.rounds, last_round or pc.rounds) + 1):
         rdir = out / f"round{r}"
         summary_path = rdir / "summary.json"
         if model_complete(rdir / "model") and summary_path.is_file():
             summaries.append(json.loads(summary_path.read_text()))
             prev_model = rdir / "model"
             prev_visual = load_refined_visual(rdir) if visual is not None and pc.refine_visual else None
+            if stopped(r, summaries[-1]):
+                break
             continue
         t0 = time.perf_counter()
         rdir.mkdir(parents=True, exist_ok=True)
@@ -305,12 +328,18 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
         cl_info = json.loads((rdir / "clustering.json").read_text())
         start = init_state if (pc.restart_from_init or r == 1) else read_model_folder(prev_model).encoder.state_dict()
         init_visual = prev_visual[0] if prev_visual is not None and not pc.restart_from_init else None
+        centres, trusted, train_true, train_data, train_store = np.load(rdir / "class_centres.npy"), None, true, data, store
+        if joint is not None:  # the labelled folder's speakers join as classes after the clusters
+            labels, centres, trusted, train_true = joint.round_labels(labels, centres, true, prev_model, cfg, device, rdir)
+            train_data, train_store = joint.data, joint.store
+            cl_info["labelled"] = {"folder": str(pc.labelled), "utterances": int(len(joint.rows)),
+                                   "speakers": int(joint.n_speakers)}
         method = PseudoLabelMethod(labels, init_encoder=start, visual=visual, has_visual=has_visual,
-                                   true_labels=true, round_index=r, plot_dir=rdir / "plots",
-                                   name=f"round{r}", class_centres=np.load(rdir / "class_centres.npy"),
-                                   init_visual=init_visual)
-        trainer = Trainer(cfg, method, data, rdir, resume=resume or (rdir / "checkpoints").is_dir(),
-                          store=store)
+                                   true_labels=train_true, round_index=r, plot_dir=rdir / "plots",
+                                   name=f"round{r}", class_centres=centres,
+                                   init_visual=init_visual, trusted=trusted)
+        trainer = Trainer(cfg, method, train_data, rdir, resume=resume or (rdir / "checkpoints").is_dir(),
+                          store=train_store)
         history = trainer.fit()
         encoder = trainer.final_encoder()
         if visual is not None and pc.refine_visual:
@@ -332,7 +361,118 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
             on_round(r, rdir / "model", summary)
         summaries.append(summary)
         prev_model = rdir / "model"
+        if stopped(r, summary):
+            break
     return summaries
+
+
+LABELLED_PREFIX = "labelled-"  # utterance ids of the labelled folder in joint training
+
+
+class JointLabelled:
+    """Joint training: the unlabelled utterances (pseudo labels) and a labelled folder's
+    (true labels) in one training store. The labelled utterances are a random subset of at
+    most as many as the unlabelled ones (seeded), so a batch holds about half of each; their
+    speakers are classes after the clusters, initialised at the speakers' mean embeddings
+    by the round's starting model."""
+
+    def __init__(self, data: DataDir, store, labelled: str | Path, cfg: TrainConfig, root: Path) -> None:
+        from cdino.data.stores import open_store
+
+        src = DataDir.load(labelled)
+        if src.utt2spk is None:
+            raise DataError(f"pseudo.labelled: {labelled}: no utt2spk (its true labels are what joins the rounds)")
+        keep = list(src.utts)
+        if len(keep) > len(store.utts):
+            pick = np.random.default_rng(cfg.trainer.seed).choice(len(keep), len(store.utts), replace=False)
+            keep = [keep[i] for i in np.sort(pick)]
+        ids = {u: LABELLED_PREFIX + u for u in keep}
+        clash = next((v for v in ids.values() if v in data.wav), None)
+        if clash is not None:
+            raise DataError(f"{data.root}: utterance id '{clash}' is also a labelled utterance's id in joint training")
+        utts = list(store.utts) + [ids[u] for u in keep]
+        wav = {**{u: data.wav[u] for u in store.utts}, **{ids[u]: src.wav[u] for u in keep}}
+        utt2spk = None
+        if data.utt2spk is not None:  # diagnostics: the labelled speakers count as speakers of their own
+            utt2spk = {**{u: data.utt2spk[u] for u in store.utts},
+                       **{ids[u]: LABELLED_PREFIX + src.utt2spk[u] for u in keep}}
+        # Its own root (paths are absolute): what a store caches (utt2dur) stays out of both folders.
+        root.mkdir(parents=True, exist_ok=True)
+        durs = {**(data.utt2dur or {}), **{ids[u]: d for u, d in (src.utt2dur or {}).items() if u in ids}}
+        self.data = DataDir(root=root.resolve(), utts=utts, wav=wav, utt2spk=utt2spk,
+                            utt2dur={u: durs[u] for u in utts if u in durs} or None)
+        self.store = open_store(self.data, cfg.data, progress=progress_enabled(cfg.trainer.progress) and is_main())
+        pos = {u: i for i, u in enumerate(self.store.utts)}
+        self.pseudo_rows = np.array([pos[u] for u in store.utts], dtype=np.int64)
+        kept = [u for u in keep if ids[u] in pos]  # those long enough for the store
+        self.rows = np.array([pos[ids[u]] for u in kept], dtype=np.int64)
+        self.speakers, names = src.speaker_labels(kept)
+        self.n_speakers = len(names)
+
+    def round_labels(self, labels, centres, true, prev_model, cfg, device, rdir):
+        """``(labels, class centres, trusted, true labels)`` over the joint store for one
+        round: the clusters' labels and centres, then the labelled speakers' (``K + s``).
+        The speakers' centres are written to ``rdir/labelled_centres.npy`` (reused on resume)."""
+        from cdino.eval.model_folder import read_model_folder
+
+        path = rdir / "labelled_centres.npy"
+        if not path.is_file():
+            model = read_model_folder(prev_model, device=str(device), optimize="fp32" if device.type == "cpu" else False)
+            frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
+            emb = embed_training_store(model.encoder, frontend.fbank, self.store, device, cfg.pseudo.embed_seconds,
+                                       progress=progress_enabled(cfg.trainer.progress) and is_main(),
+                                       num_workers=cfg.data.num_workers, rows=self.rows,
+                                       desc="embedding the labelled utterances")
+            if is_main():
+                unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+                sums = np.zeros((self.n_speakers, emb.shape[1]))
+                np.add.at(sums, self.speakers, unit)
+                save_npy(path, (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32))
+            barrier()
+        k = len(centres)
+        n = len(self.store.utts)
+        joint = np.zeros(n, dtype=np.int64)
+        joint[self.pseudo_rows], joint[self.rows] = labels, k + self.speakers
+        trusted = np.zeros(n, dtype=bool)
+        trusted[self.rows] = True
+        joint_true = None
+        if true is not None:
+            joint_true = np.zeros(n, dtype=np.int64)
+            joint_true[self.pseudo_rows], joint_true[self.rows] = true, int(true.max()) + 1 + self.speakers
+        return joint, np.concatenate([centres, np.load(path)]).astype(np.float32), trusted, joint_true
+
+
+def round_stop_decision(out: Path, r: int, data_dir, device, cache: dict | None = None) -> dict:
+    """``pseudo.stop: criterion`` after round ``r``: rounds 1..r scored together by the
+    label-free criterion (:func:`cdino.eval.selection.score_candidates` on the training
+    recordings, whose labels are never read); stop unless round ``r`` is the best. Rank 0
+    decides and writes ``round{r}/stop.json``; every rank reads it (a rerun reads it too).
+    ``cache`` keeps each round's embeddings between decisions."""
+    path = Path(out) / f"round{r}" / "stop.json"
+    if not path.is_file() and is_main():
+        from cdino.eval.selection import embed_recordings, pick_candidate, score_candidates
+
+        cache = {} if cache is None else cache
+
+        def embed(name, model_dir, utts, waves):
+            if cache.get(name, (None,))[0] != utts:
+                cache[name] = (utts, embed_recordings(model_dir, waves, utts, device=str(device)))
+            return cache[name][1]
+
+        t0 = time.perf_counter()
+        models = {f"round{i}": Path(out) / f"round{i}" / "model" for i in range(1, r + 1)}
+        values, utts, _ = score_candidates(models, data_dir, device=str(device), embed=embed)
+        criterion, best = pick_candidate(values)
+        decision = {"round": r, "criterion": criterion, "values": values, "best": int(best[len("round"):]),
+                    "stop": best != f"round{r}", "recordings": len(utts), "data": str(data_dir),
+                    "seconds": time.perf_counter() - t0}
+        write_text(path, json.dumps(decision, indent=1))
+        verdict = (f"stop, keeping round {decision['best']}" if decision["stop"] else "go on")
+        print(f"[round {r}] stop rule: {criterion} " + ", ".join(f"r{n[len('round'):]} {v[criterion]:.4f}"
+                                                                for n, v in values.items())
+              + f" (label-free, {len(utts)} recordings of {data_dir}): {verdict}", flush=True)
+    barrier()
+    return json.loads(path.read_text())
 
 
 def save_refined_visual(rdir: Path, state: dict, rows: np.ndarray) -> None:
