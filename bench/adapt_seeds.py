@@ -35,11 +35,13 @@ def seed_summary(folder: Path) -> dict:
     eer = {"source": target["source"]["eer"], "aligned": target["aligned"]["eer"]}
     eer.update({name: r["eer"] for name, r in res["rounds"].items()})
     eer["shipped"], eer["oracle"] = target["adapted"]["eer"], target["oracle"]["eer"]
+    if (res["adapt"].get("target_asnorm") or {}).get("eer") is not None:  # the shipped model, AS-norm scoring
+        eer["shipped_asnorm"] = res["adapt"]["target_asnorm"]["eer"]
     gap = eer["source"] - eer["oracle"]
     share = {name: (eer["source"] - e) / gap for name, e in eer.items() if name not in ("source", "oracle")}
     select_path = folder / "select" / "done.json"
     picked = json.loads(select_path.read_text())["shipped"] if select_path.is_file() else None
-    candidates = {k: v for k, v in eer.items() if k not in ("source", "shipped", "oracle")}
+    candidates = {k: v for k, v in eer.items() if k not in ("source", "shipped", "shipped_asnorm", "oracle")}
     best = min(candidates.values())
     src = res["adapt"]["source_domain"]
     adapted = target["adapted"]

@@ -131,6 +131,16 @@ def test_adapt_quick_runs_end_to_end(adapt_quick):
     report = (out / "report.md").read_text()
     assert "| (a) source model |" in report and "| (c) oracle" in report and "## Goals" in report
     assert "## Stop rule" in report and "(shipped)" in report
+    # AS-norm against unlabelled target training recordings: the shipped model's own step
+    asn = a["target_asnorm"]
+    assert all(0.0 <= asn[k] <= 1.0 for k in KEYS) and asn["top_n"] == 20
+    n_train = len((out / "corpus" / "target" / "train" / "wav.scp").read_text().splitlines())
+    assert asn["cohort"] == min(2000, n_train)
+    assert len((out / "select" / "cohort" / "utts.txt").read_text().split()) == asn["cohort"]
+    plain, normed = ((out / "eval" / "target" / name / "scores.txt").read_text()
+                     for name in (results["final"], f"{results['final']}_asnorm"))
+    assert plain.split()[:2] == normed.split()[:2] and plain != normed  # the same trials, other scores
+    assert "| (b+) adapted, AS-norm scoring (top 20" in report
     import cdino
 
     model = cdino.load_model(out / "model")  # the adapted model, exported

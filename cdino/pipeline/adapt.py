@@ -111,6 +111,7 @@ class AdaptRecipeConfig:
     joint: bool = False  # the labelled source training data joins every round with its true labels (pseudo.labelled: its speakers as classes beside the target's clusters, never gated or corrected; each batch about half source), so the source domain is not forgotten; needs source.train or the simulated source
     align: bool = True  # before the rounds, align the source model to the target without labels: target BatchNorm statistics, mean and calibration (cdino.train.domain)
     oracle_from_source: bool = True  # the oracle fine-tunes the source model (True) or trains from scratch
+    asnorm_top_n: int = 0  # > 0: the shipped model is also scored on the target trials with AS-norm of this top-N against a cohort of the target's training recordings (up to 2000, unlabelled, a seeded sample): a label-free step of its own, reported as "(b+)"
     ship: str = "select"  # the model exported: "select" = the aligned model or a round, picked by the label-free criterion on the target recordings (cdino.eval.selection; the stop rule); "last" = the last round
     goals: AdaptGoals = field(default_factory=AdaptGoals)
     bootstrap: int = 500  # bootstrap resamples for the EER confidence intervals
@@ -127,6 +128,8 @@ class AdaptRecipeConfig:
                               "where source.train joins the rounds)")
         if self.bootstrap < 0:
             raise ConfigError(f"bootstrap: must be >= 0, got {self.bootstrap}")
+        if self.asnorm_top_n < 0:
+            raise ConfigError(f"asnorm_top_n: must be >= 0 (0: off), got {self.asnorm_top_n}")
         if self.ship not in ("select", "last"):
             raise ConfigError(f"ship: 'select' or 'last', got '{self.ship}'")
 
@@ -251,9 +254,10 @@ class AdaptPipeline(StagedRun):
             return {}
         return json.loads((self.out / "results.json").read_text())
 
-    def evaluate(self, model_dir: Path, test: Path, trials: Path, name: str) -> dict:
-        """EER / minDCF of a model on a test folder (reporting only). Called on every rank:
-        the ranks embed together; rank 0 scores and returns the result, the others ``{}``."""
+    def evaluate(self, model_dir: Path, test: Path, trials: Path, name: str, **scoring) -> dict:
+        """EER / minDCF of a model on a test folder (reporting only; ``scoring``: AS-norm
+        settings of :func:`cdino.verbs.run_eval`). Called on every rank: the ranks embed
+        together; rank 0 scores and returns the result, the others ``{}``."""
         from cdino.verbs import run_eval
         from cdino.distributed import is_main, resolve_device
 
@@ -263,11 +267,31 @@ class AdaptPipeline(StagedRun):
             edir.mkdir(parents=True, exist_ok=True)
         return dict(run_eval(model_dir, test, trials, edir / "eval.json", scores_out=edir / "scores.txt",
                              progress=False, label=name, device=str(resolve_device(cfg.trainer.device)),
-                             distributed=True, optimize="fp32", num_workers=cfg.data.num_workers))
+                             distributed=True, optimize="fp32", num_workers=cfg.data.num_workers, **scoring))
 
-    def _on_target(self, model_dir: Path, name: str) -> dict:
+    def _on_target(self, model_dir: Path, name: str, **scoring) -> dict:
         _, test, trials = self.target_data()
-        return self.evaluate(model_dir, test, trials, f"target/{name}")
+        return self.evaluate(model_dir, test, trials, f"target/{name}", **scoring)
+
+    def _target_cohort(self, model_dir: Path, out: Path, size: int = 2000) -> tuple[Path, int]:
+        """The AS-norm cohort: ``model_dir``'s embeddings of up to ``size`` of the target's
+        training recordings (a seeded sample; no label read), written to ``out``."""
+        import numpy as np
+
+        from cdino.api import load_model
+        from cdino.data.kaldi_dir import DataDir
+        from cdino.distributed import resolve_device
+        from cdino.eval.embed import extract_embeddings
+
+        data = DataDir.load(self.target_data()[0])
+        utts = list(data.utts)
+        if len(utts) > size:
+            utts = [utts[i] for i in np.sort(np.random.default_rng(0).choice(len(utts), size, replace=False))]
+        model = load_model(model_dir, device=str(resolve_device(self.train_config("adapt").trainer.device)),
+                           optimize="fp32")
+        extract_embeddings(model.encoder, model.fbank, data, out_dir=out, device=model.device, utts=utts,
+                           progress=False, distributed=True, skip_bad=True, desc="AS-norm cohort")
+        return out, len(utts)
 
     def _on_source(self, model_dir: Path, name: str) -> dict | None:
         _, test, trials = self.source_data()
@@ -354,8 +378,14 @@ class AdaptPipeline(StagedRun):
             selection = self._select(candidates)
             shipped = selection["pick"]
         target = ada["aligned"]["target"] if shipped == "aligned" else (ada.get("rounds") or {}).get(shipped, {})
-        return {"shipped": shipped, "selection": selection, "model": str(candidates[shipped]), "target": target,
+        info = {"shipped": shipped, "selection": selection, "model": str(candidates[shipped]), "target": target,
                 "source_domain": self._on_source(candidates[shipped], "after")}
+        if self.r.asnorm_top_n > 0:  # a label-free scoring step: AS-norm against target recordings
+            cohort, n = self._target_cohort(candidates[shipped], self.out / "select" / "cohort")
+            info["target_asnorm"] = {**self._on_target(candidates[shipped], f"{shipped}_asnorm",
+                                                       asnorm_top_n=self.r.asnorm_top_n, cohort=cohort),
+                                     "top_n": self.r.asnorm_top_n, "cohort": n}
+        return info
 
     def _select(self, candidates: dict) -> dict:
         """The stop rule: the candidate with the lowest label-free criterion on the target

@@ -98,6 +98,9 @@ def collect_adapt_results(pipe) -> dict:
     res = {
         "target": {"source": entry(src, "target/source"), "aligned": entry(aligned, "target/aligned"),
                    "adapted": entry(sel, f"target/{last}"), "oracle": entry(ora, "target/oracle")},
+        **({"target_asnorm": {**(entry({"target": sel["target_asnorm"]}, f"target/{last}_asnorm") or {}),
+                              "top_n": sel["target_asnorm"].get("top_n"), "cohort": sel["target_asnorm"].get("cohort")}}
+           if sel.get("target_asnorm") else {}),
         "source_domain": {"before": entry(src, "source_domain/before"),
                           "aligned": entry(aligned, "source_domain/aligned"),
                           "after": entry(sel, "source_domain/after")},
@@ -172,6 +175,10 @@ def adapt_report_md(results: dict) -> str:
             (f"(b) adapted ({len(results['rounds'])} DLG-LC rounds, {steps.get('adapt')} steps; {shipped})",
              t["adapted"], s["after"]),
             (f"(c) oracle (target labels{oracle_steps})", t["oracle"], None)]
+    if a.get("target_asnorm"):
+        asn = a["target_asnorm"]
+        rows.insert(3, (f"(b+) adapted, AS-norm scoring (top {asn['top_n']} of a cohort of {asn['cohort']} target "
+                        "training recordings, unlabelled)", asn, None))
     rows = [r for r in rows if r[1] is not None or not r[0].startswith("(a')")]
     out = [f"# Domain adaptation: {results['name']}", "",
            "Target-domain trials score the models on the domain adapted to; source-domain trials show "
@@ -219,6 +226,8 @@ def print_adapt_summary(results: dict, out: Path) -> None:
                          ("target  oracle", a["target"]["oracle"]), ("source  before", a["source_domain"]["before"]),
                          ("source  after", a["source_domain"]["after"])):
         print(f"{label:<22} EER {_pct(entry)} %")
+    if a.get("target_asnorm"):
+        print(f"{'target  adapted+ASnorm':<22} EER {_pct(a['target_asnorm'])} %")
     print(GOALS_NOTE)
     for line in _goal_lines(results["goals"]):
         print("goal " + line.replace("**", ""))
