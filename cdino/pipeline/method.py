@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdino.atomic import copy_folder
+from cdino.atomic import copy_folder, write_text
 from cdino.config import from_dict, load_config, to_dict
 from cdino.errors import ConfigError, DataError
 from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
@@ -487,8 +487,6 @@ class MethodPipeline(StagedRun):
                 values_of, utts, _ = score_candidates({c: run["model"] for c, run in candidates.items()},
                                                       self.criterion_dir, device=device)
                 criterion, pick = pick_candidate(values_of)
-                from cdino.atomic import write_text
-
                 write_text(record, json.dumps({"key": key, "criterion": criterion, "pick": json.loads(pick),
                                                "recordings": len(utts), "data": str(self.criterion_dir),
                                                "values": values_of}, indent=1))
@@ -501,8 +499,8 @@ class MethodPipeline(StagedRun):
             keys.append(decision)
         final = runs[config_of(picks)[1]]
         if is_main() and not (self.out / "pseudo" / "round1" / "summary.json").is_file():
-            shutil.rmtree(self.out / "pseudo", ignore_errors=True)
-            shutil.copytree(final["model"].parent, self.out / "pseudo" / "round1")
+            shutil.rmtree(self.out / "pseudo", ignore_errors=True)  # rounds of other settings, if any
+            copy_folder(final["model"].parent, self.out / "pseudo" / "round1")
         barrier()
         return {"keys": keys, "picks": picks,
                 "overrides": merge_overrides(*(nested(k, x) for k, x in picks.items()))}

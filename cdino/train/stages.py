@@ -424,10 +424,7 @@ class JointLabelled:
                                        num_workers=cfg.data.num_workers, rows=self.rows,
                                        desc="embedding the labelled utterances")
             if is_main():
-                unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-                sums = np.zeros((self.n_speakers, emb.shape[1]))
-                np.add.at(sums, self.speakers, unit)
-                save_npy(path, (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32))
+                save_npy(path, class_directions(emb, self.speakers, self.n_speakers))
             barrier()
         k = len(centres)
         n = len(self.store.utts)
@@ -522,9 +519,7 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
                      device=device)
     labels = np.asarray(result.labels, dtype=np.int64)
     info = {"seconds": time.perf_counter() - t0, **cluster_size_stats(labels)}
-    centres = np.zeros((int(labels.max()) + 1, raw.shape[1]), dtype=np.float64)
-    np.add.at(centres, labels, raw / np.linalg.norm(raw, axis=1, keepdims=True).clip(1e-12))
-    info["class_centres"] = (centres / np.linalg.norm(centres, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    info["class_centres"] = class_directions(raw, labels, int(labels.max()) + 1)
     if weight is not None:
         info["visual_weight"] = weight
     if true is not None:  # diagnostics only
@@ -534,6 +529,14 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
             audio_only = cluster(emb, replace(km, n_clusters=int(result.n_clusters), seed=seed), device=device)
             info["nmi_audio_only"] = float(nmi(true, np.asarray(audio_only.labels)))
     return labels, info
+
+
+def class_directions(emb: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, D)`` float32: each class's mean direction (the normalised mean of its
+    L2-normalised embeddings), where an AAM classifier's weights start."""
+    sums = np.zeros((n_classes, emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12))
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
 def _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true, centres):
