@@ -152,6 +152,21 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def set_key(data: dict, key: str, value: Any) -> dict:
+    """A copy of the nested dict ``data`` with the dotted ``key`` (``a.b.c``) set to ``value``
+    (the mappings on its path copied, the rest shared)."""
+    out = dict(data)
+    parts = key.strip().split(".")
+    node = out
+    for p in parts[:-1]:
+        child = node.get(p)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[p] = child
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
     out = dict(data)
@@ -159,14 +174,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            child = node.get(p)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[p] = child
-            node = child
-        node[parts[-1]] = _parse_scalar(text)
+        out = set_key(out, key, _parse_scalar(text))
     return out
 
 

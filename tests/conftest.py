@@ -17,6 +17,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def load_bench(name: str):
+    """``bench/NAME.py`` imported as a module (the bench scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_voice(rng: np.random.Generator, f0: float, formants: list[float], seconds: float,
                sr: int = 16000) -> np.ndarray:
     """A crude voiced signal: harmonics of a wobbling f0 shaped by formant peaks, plus noise."""

@@ -516,8 +516,7 @@ def test_run_eval_label_prefixes_the_line_and_small_lists_are_warned(model_dir, 
 
 def test_the_decision_check_bench_counts_no_disagreement_for_one_rule(model_dir, tmp_path, capsys):
     """bench/check_decisions.py: a calibrated model, every path decides as the API does."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_bench
 
     from cdino.eval.calibration import Calibration, write_calibration
 
@@ -531,10 +530,7 @@ def test_the_decision_check_bench_counts_no_disagreement_for_one_rule(model_dir,
     cut = float(np.median(scores))  # the calibrated rule and the EER threshold 0.25 disagree here
     assert ((scores >= cut) != (scores >= 0.25)).any()
     write_calibration(model_dir / "calibration.json", Calibration(a=10.0, b=-10.0 * cut, source="test"))
-    path = Path(__file__).resolve().parent.parent / "bench" / "check_decisions.py"
-    spec = importlib.util.spec_from_file_location("check_decisions", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("check_decisions")
     bench.main(["--model", str(model_dir), "--data", str(data), "--trials", str(trials), "--n", "20",
                 "--n-verify", "4"])
     out = json.loads(capsys.readouterr().out)

@@ -3,20 +3,14 @@ writes (here two hand-made folders with known figures)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("adapt_seeds", BENCH / "adapt_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(folder: Path, eers: dict, shipped: str, source_before: float, source_after: float,
@@ -44,7 +38,7 @@ def test_gap_shares_regret_forgetting_and_calibration_over_seeds(tmp_path, capsy
              "adapt_r1", 0.05, 0.06, actdcf=0.9, cllr=0.40, min_cllr=0.35)
     b = _run(tmp_path / "s1", {"source": 0.12, "aligned": 0.09, "adapt_r1": 0.08, "adapt_r2": 0.10, "oracle": 0.02},
              "adapt_r1", 0.04, 0.05, actdcf=1.1, cllr=0.40, min_cllr=0.35)
-    _bench().main([str(a), str(b)])
+    load_bench("adapt_seeds").main([str(a), str(b)])
     out = json.loads(capsys.readouterr().out)
     s0, s1 = out["seeds"]
     assert s0["gap_share"]["aligned"] == pytest.approx(0.4)
@@ -62,6 +56,6 @@ def test_gap_shares_regret_forgetting_and_calibration_over_seeds(tmp_path, capsy
 def test_an_unfinished_run_is_named(tmp_path, capsys):
     (tmp_path / "s0").mkdir()
     with pytest.raises(SystemExit) as exit_:
-        _bench().main([str(tmp_path / "s0")])
+        load_bench("adapt_seeds").main([str(tmp_path / "s0")])
     assert exit_.value.code == 2
     assert str(tmp_path / "s0" / "results.json") in capsys.readouterr().err

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_code_ab.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_code_ab", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_rate_is_taken_between_the_first_and_last_logged_step(tmp_path):
@@ -26,7 +21,7 @@ def test_rate_is_taken_between_the_first_and_last_logged_step(tmp_path):
                    "2026-12-02 10:00:40 step 40 epoch 1 loss=8.0 utt_per_s=60.0\n"
                    "2026-12-02 10:00:40 epoch 1: {\"x\": 1}\n"
                    "2026-12-02 10:01:10 step 100 epoch 1 loss=7.9 utt_per_s=64.0\n")
-    got = _module().steady_rate(log, batch=32)
+    got = load_bench("bench_code_ab").steady_rate(log, batch=32)
     # 80 steps of 32 in 40 s; the start-up before step 20 is not counted
     assert got == {"first_step": 20, "last_step": 100, "seconds": 40.0, "utt_per_s": 64.0}
 
@@ -35,7 +30,7 @@ def test_a_log_with_one_step_is_an_error_not_a_rate(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("2026-12-02 10:00:30 step 20 epoch 1 loss=8.1\n")
     with pytest.raises(ValueError, match="fewer than two logged steps"):
-        _module().steady_rate(log, batch=32)
+        load_bench("bench_code_ab").steady_rate(log, batch=32)
 
 
 def test_a_tree_without_cdino_is_a_one_line_error(tmp_path):
@@ -56,7 +51,7 @@ def test_each_run_imports_its_own_trees_cdino_even_from_a_checkout_root(tmp_path
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "wav.scp").write_text("")
     repo_root = BENCH.parent.parent
-    assert _module().package_of(tree) == (tree / "cdino").resolve()
+    assert load_bench("bench_code_ab").package_of(tree) == (tree / "cdino").resolve()
     got = subprocess.run([sys.executable, str(BENCH), "--a", str(tree), "--b", str(tree), "--data",
                           str(tmp_path / "data"), "--reps", "1", "--seconds", "60"],
                          cwd=repo_root, capture_output=True, text=True, timeout=300)

@@ -3,21 +3,15 @@ bench/bench_step_parts.py (a DINO step split by module)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _log(path: Path, lines: list[str]) -> None:
@@ -35,7 +29,7 @@ def test_timeline_splits_training_from_the_time_between_stages(tmp_path):
                               "2026-12-03 10:02:55 step 100 epoch 1 loss=7",
                               "2026-12-03 10:02:56 epoch 1: {}"])
     (tmp_path / "results.json").write_text(json.dumps({"seconds": {"corpus": 30.0, "total": 200.0}}))
-    got = _module("demo_timeline").timeline(tmp_path)
+    got = load_bench("demo_timeline").timeline(tmp_path)
     dino, cdino = got["stages"]
     assert dino == {"stage": "dino", "train_log_s": 100.0, "steps": 200, "s_per_step": 0.5,
                     "until_next_stage_s": 15.0}
@@ -50,7 +44,7 @@ def test_step_parts_add_up_to_the_step(monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # child() puts bench/ on the path
     threads = torch.get_num_threads()
     try:
-        got = _module("bench_step_parts").child("quick", threads=1, steps=2, warmup=1, go=None)
+        got = load_bench("bench_step_parts").child("quick", threads=1, steps=2, warmup=1, go=None)
     finally:
         torch.set_num_threads(threads)
     parts = got["parts_ms"]

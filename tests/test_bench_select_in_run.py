@@ -3,20 +3,14 @@ hand-made run folder with known figures)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("select_in_run", BENCH / "select_in_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _write(path: Path, obj) -> None:
@@ -40,7 +34,7 @@ def test_regret_of_choices_and_of_the_stop_rule(tmp_path, capsys):
     _write(run / "pseudo" / "round3" / "stop.json", {"round": 3, "best": 2, "stop": True, "criterion": "cross_view",
                                                      "values": {"round1": {"cross_view": 0.3}, "round2": {"cross_view": 0.2},
                                                                 "round3": {"cross_view": 0.25}}})
-    assert _bench().main(["--run", str(run)]) == 0
+    assert load_bench("select_in_run").main(["--run", str(run)]) == 0
     got = json.loads(capsys.readouterr().out)
     k = got["tasks"]["pseudo.kmeans.n_clusters"]
     assert k["pick"] == "300" and k["best_by_dev"] == "200" and k["regret"] == pytest.approx(0.25)
@@ -51,5 +45,5 @@ def test_regret_of_choices_and_of_the_stop_rule(tmp_path, capsys):
 
 
 def test_not_a_run_folder_is_a_one_line_error(tmp_path, capsys):
-    assert _bench().main(["--run", str(tmp_path)]) == 2
+    assert load_bench("select_in_run").main(["--run", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err

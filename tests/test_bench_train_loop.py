@@ -3,24 +3,17 @@ that it runs and reports; the figures come from runs alone on a machine)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
+
 TINY = ["encoder.name=ecapa_tdnn_small", "dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16",
         "dino.global_seconds=0.6", "dino.local_seconds=0.3", "trainer.threads=1", "trainer.tensorboard=false",
         "trainer.checkpoint_every=3", "trainer.log_every=3"]
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train_loop", BENCH / "bench_train_loop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_loop_and_step_are_timed_side_by_side(tmp_path, capsys):
@@ -28,7 +21,7 @@ def test_loop_and_step_are_timed_side_by_side(tmp_path, capsys):
     try:
         argv = ["--device", "cpu", "--batch", "8", "--steps", "3", "--warmup", "1", "--rounds", "2",
                 "--utts", "16", "--seconds", "1.0", "--out", str(tmp_path / "exp")]
-        assert _bench().main(argv + [x for s in TINY for x in ("--set", s)]) == 0
+        assert load_bench("bench_train_loop").main(argv + [x for s in TINY for x in ("--set", s)]) == 0
     finally:
         torch.set_num_threads(threads)
     got = json.loads(capsys.readouterr().out)
@@ -45,6 +38,6 @@ def test_loop_and_step_are_timed_side_by_side(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
-    assert _bench().main(["--device", "cuda"]) == 2
+    assert load_bench("bench_train_loop").main(["--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "no usable CUDA device" in err and "--device cpu" in err

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdino.atomic import copy_folder, write_text
-from cdino.config import from_dict, load_config, to_dict
+from cdino.config import from_dict, load_config, set_key, to_dict
 from cdino.errors import ConfigError, DataError
 from cdino.pipeline.recipe_source import merge_overrides, resolve_recipe
 from cdino.pipeline.staged_run import StagedRun, print_finished
@@ -104,11 +104,12 @@ class RecipeConfig:
                                   f"(the number of rounds: pseudo.stop: criterion)")
 
 
-def nested(key: str, value) -> dict:
-    """``"a.b.c", v`` → ``{"a": {"b": {"c": v}}}`` (a dotted override key as a mapping)."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+def settings_overrides(settings: dict) -> dict:
+    """``{"a.b": v, ...}`` (dotted keys, as ``choose`` names them) as nested overrides."""
+    out: dict = {}
+    for key, value in settings.items():
+        out = set_key(out, key, value)
+    return out
 
 
 def load_recipe(source: str | Path, overrides=()) -> RecipeConfig:
@@ -140,7 +141,7 @@ class MethodPipeline(StagedRun):
         self._check_final()
         for key, values in self.r.choose.items():  # every candidate must make a valid config now, not after stage 1
             for v in values:
-                self.train_config("pseudo", nested(key, v), where=f"recipe key 'choose.{key}' value {v!r}")
+                self.train_config("pseudo", set_key({}, key, v), where=f"recipe key 'choose.{key}' value {v!r}")
 
     # ------------------------------------------------------------------ configs
     def train_config(self, stage: str, extra: dict | None = None, where: str | None = None):
@@ -458,8 +459,7 @@ class MethodPipeline(StagedRun):
         :attr:`criterion_dir`'s recordings; the lowest is picked. Candidates are evaluated on the test
         (and dev) trials for the report only. The final pick's round 1 is pseudo's round 1
         (the same config and seed: it would train the same)."""
-        from cdino.distributed import barrier, is_main, resolve_device
-        from cdino.eval.selection import pick_candidate, score_candidates
+        from cdino.distributed import barrier, is_main
 
         folder = self.out / "choose"
         picks: dict = {}
@@ -467,7 +467,7 @@ class MethodPipeline(StagedRun):
         keys = []
 
         def config_of(settings: dict) -> tuple[dict, str]:
-            over = merge_overrides(*(nested(k, x) for k, x in settings.items()), {"pseudo": {"modality": "audio"}})
+            over = merge_overrides(settings_overrides(settings), {"pseudo": {"modality": "audio"}})
             return over, json.dumps(to_dict(self.train_config("pseudo", over)), sort_keys=True, default=str)
 
         for key, values in self.r.choose.items():
@@ -483,15 +483,10 @@ class MethodPipeline(StagedRun):
                 candidates[json.dumps(v, default=str)] = runs[sig]
             record = folder / f"{key}.json"
             if is_main() and not record.is_file():
-                device = str(resolve_device(self.train_config("dino").trainer.device))
-                values_of, utts, _ = score_candidates({c: run["model"] for c, run in candidates.items()},
-                                                      self.criterion_dir, device=device)
-                criterion, pick = pick_candidate(values_of)
-                write_text(record, json.dumps({"key": key, "criterion": criterion, "pick": json.loads(pick),
-                                               "recordings": len(utts), "data": str(self.criterion_dir),
-                                               "values": values_of}, indent=1))
-                print(f"[choose] {key}: {json.loads(pick)!r}, picked without labels by {criterion} "
-                      f"on {len(utts)} recordings of {self.criterion_dir}", flush=True)
+                got = self._label_free_pick({c: run["model"] for c, run in candidates.items()})
+                write_text(record, json.dumps({"key": key, **got, "pick": json.loads(got["pick"])}, indent=1))
+                print(f"[choose] {key}: {json.loads(got['pick'])!r}, picked without labels by {got['criterion']} "
+                      f"on {got['recordings']} recordings of {got['data']}", flush=True)
             barrier()
             decision = json.loads(record.read_text())
             decision["candidates"] = {c: {**run["result"], "folder": run["name"]} for c, run in candidates.items()}
@@ -503,7 +498,7 @@ class MethodPipeline(StagedRun):
             copy_folder(final["model"].parent, self.out / "pseudo" / "round1")
         barrier()
         return {"keys": keys, "picks": picks,
-                "overrides": merge_overrides(*(nested(k, x) for k, x in picks.items()))}
+                "overrides": settings_overrides(picks)}
 
     def stage_pseudo(self) -> dict:
         return self._rounds("pseudo", {"pseudo": {"modality": "audio"}})
@@ -598,17 +593,23 @@ class MethodPipeline(StagedRun):
         """``final: select``: the stage shipped is the trained stage with the lowest label-free
         criterion (cdino.eval.selection: ``cross_view`` where the training data has a second
         view, else ``cross_channel``) on up to 1600 recordings of :attr:`criterion_dir`; no label is read."""
+        names = [n for n in self.stage_names() if not n.endswith("_rR")]
+        candidates = {n: self._model_dir_of(n) for n in names if (self._model_dir_of(n) / "config.yaml").is_file()}
+        got = self._label_free_pick(candidates)
+        print(f"[report] final: {got['pick']}, picked without labels by {got['criterion']} on {got['recordings']} "
+              f"recordings of {got['data']}", flush=True)
+        return got
+
+    def _label_free_pick(self, candidates: dict) -> dict:
+        """The candidate model folders (``{name: path}``) scored on :attr:`criterion_dir`'s
+        recordings by every criterion, and the pick (:func:`cdino.eval.selection.pick_candidate`):
+        ``{"criterion", "pick", "recordings", "data", "values"}``. Rank 0's work."""
         from cdino.distributed import resolve_device
         from cdino.eval.selection import pick_candidate, score_candidates
 
-        names = [n for n in self.stage_names() if not n.endswith("_rR")]
-        candidates = {n: self._model_dir_of(n) for n in names if (self._model_dir_of(n) / "config.yaml").is_file()}
         device = str(resolve_device(self.train_config("dino").trainer.device))
         values, utts, _ = score_candidates(candidates, self.criterion_dir, device=device)
         criterion, pick = pick_candidate(values)
-        print(f"[report] final: {pick}, picked without labels by {criterion} on {len(utts)} recordings of "
-              f"{self.criterion_dir}",
-              flush=True)
         return {"criterion": criterion, "pick": pick, "recordings": len(utts), "data": str(self.criterion_dir),
                 "values": values}
 

@@ -413,16 +413,9 @@ class JointLabelled:
         """``(labels, class centres, trusted, true labels)`` over the joint store for one
         round: the clusters' labels and centres, then the labelled speakers' (``K + s``).
         The speakers' centres are written to ``rdir/labelled_centres.npy`` (reused on resume)."""
-        from cdino.eval.model_folder import read_model_folder
-
         path = rdir / "labelled_centres.npy"
         if not path.is_file():
-            model = read_model_folder(prev_model, device=str(device), optimize="fp32" if device.type == "cpu" else False)
-            frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
-            emb = embed_training_store(model.encoder, frontend.fbank, self.store, device, cfg.pseudo.embed_seconds,
-                                       progress=progress_enabled(cfg.trainer.progress) and is_main(),
-                                       num_workers=cfg.data.num_workers, rows=self.rows,
-                                       desc="embedding the labelled utterances")
+            emb = _embed_store(prev_model, cfg, self.store, device, "embedding the labelled utterances", rows=self.rows)
             if is_main():
                 save_npy(path, class_directions(emb, self.speakers, self.n_speakers))
             barrier()
@@ -491,20 +484,25 @@ def load_refined_visual(rdir: Path):
     return load_file(str(rdir / "visual_mlp.safetensors")), np.load(rdir / "visual_refined.npy")
 
 
-def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
+def _embed_store(model_dir, cfg, store, device, desc: str, rows=None) -> np.ndarray:
+    """A model folder's embeddings of a training store's utterances (or its ``rows``), the
+    central ``pseudo.embed_seconds`` of each; on every rank (the work is split over them)."""
     from cdino.eval.model_folder import read_model_folder
 
+    model = read_model_folder(model_dir, device=str(device), optimize="fp32" if device.type == "cpu" else False)
+    frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
+    return embed_training_store(model.encoder, frontend.fbank, store, device, cfg.pseudo.embed_seconds,
+                                progress=progress_enabled(cfg.trainer.progress) and is_main(),
+                                num_workers=cfg.data.num_workers, rows=rows, desc=desc)
+
+
+def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
     t0 = time.perf_counter()
     emb = None
     if cfg.pseudo.embed_seconds == TRAIN_EMBED_SECONDS:
         emb = load_train_embeddings(model_dir, store.utts)
     if emb is None:  # no embeddings saved at export for this model: embed the training set
-        model = read_model_folder(model_dir, device=str(device), optimize="fp32" if device.type == "cpu" else False)
-        frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
-        emb = embed_training_store(model.encoder, frontend.fbank, store, device, cfg.pseudo.embed_seconds,
-                                   progress=progress_enabled(cfg.trainer.progress) and is_main(),
-                                   num_workers=cfg.data.num_workers,
-                                   desc="embedding for pseudo labels")
+        emb = _embed_store(model_dir, cfg, store, device, "embedding for pseudo labels")
     if not is_main():
         return None, None
     raw = emb
