@@ -8,7 +8,7 @@ from torch import nn
 
 from cdino.data.kaldi_dir import DataDir
 from cdino.data.stores import MemoryStore
-from cdino.train.domain import target_batchnorm
+from cdino.train.batchnorm import target_batchnorm
 
 from conftest import write_speaker_dir
 

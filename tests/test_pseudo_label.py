@@ -335,6 +335,24 @@ def test_joint_rounds_add_the_labelled_speakers_as_classes(tiny_data, tmp_path, 
 
     model = read_model_folder(tmp_path / "p" / "round2" / "model")
     assert model.mean.shape[0] == centres.shape[1]
+    # ... and so are its BatchNorm statistics: re-estimated on the unlabelled recordings alone
+    # (training left statistics of batches mixing both folders)
+    import copy
+
+    from cdino.data.stores import open_store
+    from cdino.train.batchnorm import target_batchnorm
+
+    assert summaries[-1]["batchnorm"] == {"layers": target_batchnorm(copy.deepcopy(model.encoder), model.fbank,
+                                                                     open_store(DataDir.load(tiny_data), cfg.data),
+                                                                     "cpu", seed=cfg.trainer.seed),
+                                          "recordings": str(DataDir.load(tiny_data).root)}
+    again = copy.deepcopy(model.encoder)
+    target_batchnorm(again, model.fbank, open_store(DataDir.load(tiny_data), cfg.data), "cpu", seed=cfg.trainer.seed)
+    stats = {k: v for k, v in model.encoder.state_dict().items() if "running_" in k}
+    assert stats and all(torch.allclose(v, again.state_dict()[k], rtol=1e-4, atol=1e-6) for k, v in stats.items())
+    mixed = copy.deepcopy(model.encoder)  # the labelled folder's recordings give other statistics
+    target_batchnorm(mixed, model.fbank, open_store(DataDir.load(labelled), cfg.data), "cpu", seed=cfg.trainer.seed)
+    assert not all(torch.allclose(v, mixed.state_dict()[k], rtol=1e-4, atol=1e-6) for k, v in stats.items())
     # a "labelled" folder without speakers is a one-line error naming it
     from cdino.errors import DataError
 

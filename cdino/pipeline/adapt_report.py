@@ -215,8 +215,7 @@ def adapt_report_md(results: dict) -> str:
             f"- target training audio (unlabelled): `{d['target']['train']}`; target trials: `{d['target']['trials']}`",
             f"- oracle: {results['oracle']}",
             f"- total {results['seconds']['total']:.0f} s (" + ", ".join(
-                f"{k} {v:.0f} s" for k, v in results["seconds"].items() if k != "total" and v) + ")",
-            "", "Not built: joint rounds with the labelled source data (a separate classifier head per source).", ""]
+                f"{k} {v:.0f} s" for k, v in results["seconds"].items() if k != "total" and v) + ")", ""]
     return "\n".join(out)
 
 

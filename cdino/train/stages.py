@@ -31,6 +31,7 @@ from cdino.eval.embed import embed_training_store, inference_copy
 from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
 from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
+from cdino.train.batchnorm import target_batchnorm
 from cdino.train.trainer import TrainConfig, Trainer
 from cdino.distributed import barrier, init_distributed, is_main, resolve_device
 
@@ -351,6 +352,11 @@ def train_pseudo_rounds(cfg: TrainConfig, data_dir: str | Path, init: str | Path
             encoder = _large_margin(cfg, data, store, labels, encoder, rdir, visual, has_visual, true, centres)
         summary = {"round": r, "clustering": cl_info, "epochs": history,
                    "seconds": time.perf_counter() - t0}
+        if joint is not None and pc.target_batchnorm:  # the batches mixed both domains' statistics
+            fbank = FeatureFrontend(cfg.fbank, None, None).to(device).fbank
+            summary["batchnorm"] = {"layers": target_batchnorm(encoder.to(device), fbank, store, device,
+                                                               seed=cfg.trainer.seed),
+                                    "recordings": str(data.root)}
         export_model(encoder, cfg, store, device, rdir / "model",
                      {"method": "pseudo", "round": r, **{k: v for k, v in summary.items() if k != "epochs"}},
                      progress=progress_enabled(cfg.trainer.progress), embed_all=r < pc.rounds)
@@ -374,7 +380,9 @@ class JointLabelled:
     (true labels) in one training store. The labelled utterances are a random subset of at
     most as many as the unlabelled ones (seeded), so a batch holds about half of each; their
     speakers are classes after the clusters, initialised at the speakers' mean embeddings
-    by the round's starting model."""
+    by the round's starting model. The batches mix both folders' recordings, and so do the
+    BatchNorm statistics training leaves: with ``pseudo.target_batchnorm`` (the default) the
+    exported model's are re-estimated on the unlabelled folder's alone."""
 
     def __init__(self, data: DataDir, store, labelled: str | Path, cfg: TrainConfig, root: Path) -> None:
         from cdino.data.stores import open_store
