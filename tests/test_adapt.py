@@ -239,6 +239,8 @@ bootstrap: 0
 
     steps = max(st for st, _ in list_checkpoints(tmp_path / "exp" / "adapt" / "round1" / "checkpoints"))
     assert steps == len(target.utts) // 16  # one epoch: the target's steps alone
+    # the exported round describes the target: BatchNorm statistics of its recordings alone
+    assert summary["batchnorm"]["recordings"] == str(target.root) and summary["batchnorm"]["layers"] > 0
     assert 0.0 <= res["adapt"]["source_domain"]["after"]["eer"] <= 1.0
     (tmp_path / "model_only.yaml").write_text(text.replace(f", train: {corpus / 'source' / 'train'}", ""))
     with pytest.raises(ConfigError, match="joint: needs labelled source data"):
