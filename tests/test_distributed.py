@@ -147,6 +147,46 @@ def test_audio_visual_rounds_agree_on_1_and_2_ranks(speakers, init_model, tmp_pa
     assert abs(eers[1] - eers[2]) <= 0.10, eers
 
 
+def test_joint_round_with_a_labelled_folder_agrees_on_1_and_2_ranks(speakers, init_model, tmp_path):
+    """A joint round (``pseudo.labelled``: a labelled folder's speakers as classes beside
+    the clusters) on 1 process and on 2 ranks: the same clusters and labelled centres, and
+    on both the exported BatchNorm statistics are the unlabelled recordings' alone,
+    re-estimated after training (60 batches, cumulative), not those the mixed batches left."""
+    import copy
+
+    from safetensors.numpy import load_file
+
+    from cdino.data.kaldi_dir import DataDir
+    from cdino.data.stores import open_store
+    from cdino.eval.model_folder import read_model_folder
+    from cdino.train.batchnorm import target_batchnorm
+
+    labelled = write_speaker_dir(tmp_path / "labelled", n_speakers=3, utts_per_speaker=4, seconds=1.5, seed=7)
+    cfg = tmp_path / "joint.yaml"
+    cfg.write_text(PSEUDO_CFG.replace("pseudo: {rounds: 2,", f"pseudo: {{rounds: 1, labelled: {labelled},"))
+    outs = {}
+    for ranks in (1, 2):
+        outs[ranks] = tmp_path / f"r{ranks}"
+        run_cdino(["train", "--method", "pseudo", "--data", str(speakers), "--init", str(init_model),
+                   "--out", str(outs[ranks]), "--config", str(cfg)], ranks)
+    np.testing.assert_array_equal(*[np.load(outs[k] / "round1" / "labels.npy") for k in (1, 2)])
+    assert _rel(*[np.load(outs[k] / "round1" / "labelled_centres.npy") for k in (1, 2)]) < 1e-4
+    train_cfg = load_config(TrainConfig, cfg)
+    for ranks, out in outs.items():
+        summary = json.loads((out / "round1" / "summary.json").read_text())
+        assert summary["clustering"]["labelled"]["speakers"] == 3
+        assert summary["batchnorm"]["layers"] > 0
+        weights = load_file(str(out / "round1" / "model" / "encoder.safetensors"))
+        counts = [k for k in weights if k.endswith("num_batches_tracked")]
+        assert counts and all(int(weights[k]) == 60 for k in counts)  # re-estimated: 60 batches
+        model = read_model_folder(out / "round1" / "model")
+        again = copy.deepcopy(model.encoder)
+        target_batchnorm(again, model.fbank, open_store(DataDir.load(speakers), train_cfg.data), "cpu",
+                         seed=train_cfg.trainer.seed)
+        stats = {k: v for k, v in model.encoder.state_dict().items() if "running_" in k}
+        assert all(torch.allclose(v, again.state_dict()[k], rtol=1e-4, atol=1e-6) for k, v in stats.items()), ranks
+
+
 def test_killed_rank_resumes_to_the_uninterrupted_two_rank_model(speakers, tmp_path):
     cfg = tmp_path / "dino.yaml"
     cfg.write_text(DINO_CFG)
