@@ -70,14 +70,19 @@ def main(argv=None) -> dict:
     for subset, rows in (("subset2000", rows_sub), ("all", rows_all)):
         emb = train_emb[rows]
         mean = emb.mean(axis=0)
-        scores = cosine_scores(np.concatenate([dev_emb]), enroll, test, mean)
+        scores = cosine_scores(dev_emb, enroll, test, mean)
         for per in (8, 20, 40):
             k = int(np.clip(len(emb) // per, 2, 6000))
             pseudo = np.asarray(cluster(emb - mean, KMeansConfig(n_clusters=k, seed=0), device="cpu").labels)
             for prior in (0.5, 0.01):
-                cal = pseudo_label_calibration(emb, pseudo, mean, seed=0, prior=prior)
+                name = f"{subset}_per{per}_p{prior}"
+                try:
+                    cal = pseudo_label_calibration(emb, pseudo, mean, seed=0, prior=prior)
+                except ValueError as exc:  # a rule whose trials the model does not rank: no calibration
+                    rules[name] = {"recordings": int(len(emb)), "clusters": k, "prior": prior, "error": str(exc)}
+                    continue
                 llr = cal.a * scores + cal.b
-                rules[f"{subset}_per{per}_p{prior}"] = {
+                rules[name] = {
                     "recordings": int(len(emb)), "clusters": k, "prior": prior, "a": cal.a, "b": cal.b,
                     "cllr": cllr(llr, labels), "min_cllr": min_cllr(scores, labels),
                     "actdcf_0.01": act_dcf(llr, labels, 0.01), "actdcf_0.05": act_dcf(llr, labels, 0.05),

@@ -26,15 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cdino.data.kaldi_dir import DataDir  # noqa: E402
 from cdino.pseudo.loss_gate import fit_loss_gate  # noqa: E402
 
-
-def noisy_labels(true: np.ndarray, p: float, seed: int = 0) -> np.ndarray:
-    """The corrupted labels of ``bench/gate_vs_noise.py`` (same generator and seed)."""
-    rng = np.random.default_rng([seed, int(round(1000 * p))])
-    labels = true.copy()
-    flip = rng.random(len(labels)) < p
-    shift = rng.integers(1, true.max() + 1, int(flip.sum()))
-    labels[flip] = (true[flip] + shift) % (true.max() + 1)
-    return labels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gate_vs_noise import noisy_labels  # noqa: E402  (the runs' own corruption)
 
 
 def gate_figures(losses: np.ndarray, wrong: np.ndarray, use_log: bool) -> dict:

@@ -29,6 +29,17 @@ SETTINGS = {
 }
 
 
+def noisy_labels(true: np.ndarray, p: float, seed: int = 0) -> np.ndarray:
+    """``true`` with a fraction ``p`` (each label with probability ``p``) replaced by another
+    speaker drawn at random, never the true one; seeded by ``(seed, p)``."""
+    rng = np.random.default_rng([seed, int(round(1000 * p))])
+    labels = true.copy()
+    flip = rng.random(len(labels)) < p
+    shift = rng.integers(1, true.max() + 1, int(flip.sum()))
+    labels[flip] = (true[flip] + shift) % (true.max() + 1)
+    return labels
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, required=True, help="corpus with train/ (utt2spk) and dev/ (trials)")
@@ -60,11 +71,7 @@ def main(argv=None) -> int:
     init = {k: v.clone() for k, v in read_model_folder(args.init).encoder.state_dict().items()}
     results = []
     for p in args.noise:
-        rng = np.random.default_rng([args.seed, int(round(1000 * p))])
-        labels = true.copy()
-        flip = rng.random(len(labels)) < p
-        shift = rng.integers(1, true.max() + 1, int(flip.sum()))
-        labels[flip] = (true[flip] + shift) % (true.max() + 1)  # another speaker, never the true one
+        labels = noisy_labels(true, p, args.seed)
         for name in args.settings:
             out = args.out / f"noise{p:g}_{name}"
             t0 = time.perf_counter()

@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "test' lines (never the test list you report on); without: label-free, from "
                         "k-means pseudo labels of --data")
     s.add_argument("--clusters", type=int, default=0, metavar="K",
-                   help="label-free: k-means clusters (default: one per 8 utterances)")
+                   help="label-free: k-means clusters (default: one per 20 utterances, as every export)")
     s.add_argument("--recentre", action="store_true",
                    help="label-free: also replace the model's mean embedding by --data's")
     s.add_argument("--enroll", metavar="MAP", help="enrolment map, as for cdino eval --enroll")

@@ -276,8 +276,8 @@ def run_calibrate(model_dir: PathLike, data_dir: PathLike, trials_path: PathLike
     ``cdino eval`` scores, without AS-norm; ``enroll`` as there), at the effective ``prior``.
     Without: **label-free**, on the data folder's own audio (a new domain's unlabelled
     recordings) — trials built from k-means pseudo labels of its utterances (``clusters``,
-    default one per 8 utterances, an over-estimate of most corpora's speakers), as the
-    export calibrates on the training data. ``recentre`` first replaces the folder's mean
+    default one per 20 utterances, :func:`cdino.eval.threshold.label_free_clusters`), as
+    the export calibrates on the training data. ``recentre`` first replaces the folder's mean
     embedding by that data's (label-free centring on the new domain). Either way the
     calibration records the data it was fitted on (``domain``). Prints the fit; returns it."""
     if not 0.0 < prior < 1.0:
@@ -317,6 +317,7 @@ def _calibrate_unlabelled(model_dir: PathLike, data_dir: PathLike, prior: float,
     from cdino.atomic import save_npy
     from cdino.eval.calibration import pseudo_label_calibration
     from cdino.eval.model_folder import MEAN_FILE
+    from cdino.eval.threshold import label_free_clusters
     from cdino.pseudo.kmeans import KMeansConfig, cluster
 
     data = DataDir.load(data_dir)
@@ -324,7 +325,7 @@ def _calibrate_unlabelled(model_dir: PathLike, data_dir: PathLike, prior: float,
     utts, emb = extract_embeddings(model.encoder, model.fbank, data, device=model.device,
                                    batch_frames=_batch_frames(model, batch_seconds), progress=progress,
                                    num_workers=num_workers, desc="embedding for label-free calibration")
-    k = clusters or max(2, len(utts) // 8)
+    k = clusters or label_free_clusters(len(utts))
     if len(utts) < 2 * k or k < 2:
         raise DataError(f"{data_dir}: {len(utts)} utterances are too few for label-free calibration "
                         f"with {k} clusters (need at least two per cluster)")

@@ -400,3 +400,38 @@ def test_eval_reports_calibration_metrics_and_calibrate_refits(calibrated_dir, t
     assert (calibrated_dir / CALIBRATION_FILE).read_text() == kept
     with pytest.raises(ConfigError, match="--prior"):
         run_calibrate(calibrated_dir, data, trials, prior=0.0)
+
+
+def test_calibrate_without_labels_on_a_folder_of_audio(calibrated_dir, tmp_path, capsys):
+    """``cdino calibrate`` without ``--trials``: k-means pseudo-label trials of the folder's
+    own recordings (one cluster per 20 by default, the export's rule), the calibration
+    names the folder as its domain; ``--recentre`` also takes the folder's mean embedding;
+    too many clusters for the recordings is a one-line error and the folder is unchanged."""
+    from cdino.data.kaldi_dir import DataDir
+    from cdino.eval.embed import extract_embeddings
+    from cdino.eval.model_folder import MEAN_FILE
+    from cdino.eval.threshold import label_free_clusters
+
+    data, _ = make_audio_data(tmp_path, n_speakers=4, per_speaker=10)
+    mean_before = np.load(calibrated_dir / MEAN_FILE)
+    assert main(["calibrate", "--model", str(calibrated_dir), "--data", str(data), "--device", "cpu",
+                 "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    k = label_free_clusters(40)
+    assert k == 2 and f"label-free, {k} clusters of 40 utterances of {data}" in out
+    cal = read_calibration(calibrated_dir / CALIBRATION_FILE)
+    assert cal.domain == str(data) and f"k-means ({k} clusters)" in cal.source and cal.a > 0
+    np.testing.assert_array_equal(np.load(calibrated_dir / MEAN_FILE), mean_before)  # not recentred
+    assert main(["calibrate", "--model", str(calibrated_dir), "--data", str(data), "--clusters", "4",
+                 "--recentre", "--device", "cpu", "--workers", "0"]) == 0
+    assert "4 clusters of 40 utterances" in capsys.readouterr().out
+    model = load_model(calibrated_dir)
+    _, emb = extract_embeddings(model.encoder, model.fbank, DataDir.load(data), device="cpu", progress=False)
+    np.testing.assert_allclose(np.load(calibrated_dir / MEAN_FILE), emb.mean(0), atol=1e-4)
+    assert "k-means (4 clusters)" in read_calibration(calibrated_dir / CALIBRATION_FILE).source
+    kept = {f.name: f.read_bytes() for f in calibrated_dir.iterdir() if f.is_file()}
+    rc = main(["calibrate", "--model", str(calibrated_dir), "--data", str(data), "--clusters", "30",
+               "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{data}: 40 utterances are too few for label-free calibration with 30 clusters" in err
+    assert {f.name: f.read_bytes() for f in calibrated_dir.iterdir() if f.is_file()} == kept

@@ -12,6 +12,22 @@ import numpy as np
 
 from cdino.metrics import eer_threshold
 
+#: Recordings per k-means cluster of the pseudo-label trials (threshold and calibration).
+#: On the dev splits of two simulated domains (four models, bench/results/calibration_rules/)
+#: the calibration fitted on one cluster per 20 recordings had a Cllr within 6–18 % of its
+#: minimum; one per 8 (clusters split below speakers: easy targets, an over-confident fit)
+#: 1.9–2.8x. Those corpora have 20 recordings per speaker, so the rule gave about one
+#: cluster per speaker; with many more recordings per speaker it over-splits, and a
+#: cluster count near the expected number of speakers (``cdino calibrate --clusters``) is
+#: the better choice.
+RECORDINGS_PER_CLUSTER = 20
+
+
+def label_free_clusters(n_recordings: int) -> int:
+    """The k-means cluster count of the pseudo-label trials for ``n_recordings``
+    recordings: one per :data:`RECORDINGS_PER_CLUSTER`, at least 2, at most 6000."""
+    return int(np.clip(n_recordings // RECORDINGS_PER_CLUSTER, 2, 6000))
+
 
 def pseudo_label_trials(labels: np.ndarray, n_trials: int = 20000,
                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

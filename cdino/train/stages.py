@@ -91,7 +91,7 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
 
     from cdino.eval.model_folder import save_model_folder
     from cdino.eval.calibration import pseudo_label_calibration
-    from cdino.eval.threshold import pseudo_label_threshold
+    from cdino.eval.threshold import label_free_clusters, pseudo_label_threshold
 
     frontend = FeatureFrontend(cfg.fbank, None, None).to(device)
     encoder = encoder.to(device)
@@ -104,7 +104,7 @@ def export_model(encoder, cfg: TrainConfig, store, device, out: Path, info: dict
                                desc="embedding training set for the model folder", rows=rows)
     if is_main():
         mean = emb.mean(axis=0)
-        k = int(np.clip(len(emb) // 20, 2, 6000))
+        k = label_free_clusters(len(emb))
         labels = cluster(emb - mean, KMeansConfig(n_clusters=k, seed=0), device=device).labels
         threshold = pseudo_label_threshold(emb, np.asarray(labels), mean, seed=0)
         source = (f"EER threshold of trials built from k-means ({k} clusters) pseudo labels of "
