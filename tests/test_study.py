@@ -118,3 +118,20 @@ def test_windowed_bootstrap_eer_equals_metrics_eer(sigmas):
     eers = study._window_eers(win, counts, counts @ win.front_tar, counts @ win.front_non)
     want = [metrics.eer(np.repeat(scores, c), np.repeat(labels, c)) for c in counts]
     np.testing.assert_array_equal(eers, want)
+
+
+def test_paired_claim_from_score_files_judges_as_the_study_does(study_dir):
+    """study.paired_claim (bench/paired_claim.py, arms trained outside the study) gives the
+    summary's figures for the same scores: the same bootstrap resamples, the same verdict."""
+    summary = study.summarize(study_dir, SEEDS, n_boot=200)
+    from cdino.data.kaldi_dir import read_trials
+
+    trials = read_trials(study_dir / "corpus" / "test" / "trials")
+    read = lambda arm, s: study.read_trial_scores(study_dir / f"seed{s}" / "eval" / FOLDER[arm] / "scores.txt", trials)
+    got = study.paired_claim([read("cdino", s) for s in SEEDS], [read("dino_equal", s) for s in SEEDS],
+                             trials.labels, n_boot=200)
+    want = summary["claims"]["cdino_vs_dino_equal"]
+    assert got["eer_diff"] == pytest.approx(want["eer_diff"]) and got["wins"] == want["wins"]
+    assert got["ci95"] == pytest.approx(want["ci95"]) and got["verdict"] == want["verdict"]
+    with pytest.raises(ValueError, match="one score array of each system per seed"):
+        study.paired_claim([read("cdino", 0)], [], trials.labels)

@@ -147,7 +147,7 @@ def _trials_path(study_dir: Path, results: dict[int, dict]) -> Path:
                     f"{sorted(recorded) or 'none'})")
 
 
-def _read_scores(path: Path, trials: Trials) -> np.ndarray:
+def read_trial_scores(path: Path, trials: Trials) -> np.ndarray:
     """Scores of ``path`` (``enroll test score`` lines), checked against the trial list."""
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     if len(rows) != len(trials):
@@ -170,7 +170,7 @@ def _arm_scores(seed_dir: Path, arm: Arm, entry: dict, trials: Trials) -> tuple[
     for folder in arm.scores:
         path = seed_dir / "eval" / folder / "scores.txt"
         if path.is_file():
-            scores = _read_scores(path, trials)
+            scores = read_trial_scores(path, trials)
             got = metrics.eer(scores, trials.labels)
             if abs(got - float(entry["eer"])) > EER_TOLERANCE:
                 raise DataError(f"{path}: these scores give EER {100 * got:.2f} % but "
@@ -295,6 +295,31 @@ def _verdict(lo: float, hi: float, wins: int, n: int) -> str:
     return WITHIN_NOISE
 
 
+def claim_figures(diff: list[float], boot_diff: np.ndarray) -> dict:
+    """A claim's figures from ``diff`` (per seed, EER of the worse arm minus the better's)
+    and ``boot_diff`` (the bootstrap distribution of their mean over seeds): mean and
+    spread, wins, the 95 % interval and the verdict (module doc)."""
+    lo, hi = (float(q) for q in np.quantile(boot_diff, [0.025, 0.975]))
+    wins = int(sum(d > 0 for d in diff))
+    spread = _spread(diff)
+    return {"eer_diff": [float(d) for d in diff], "mean": spread["mean"], "sd": spread["sd"], "wins": wins,
+            "n": len(diff), "ci95": [lo, hi], "verdict": _verdict(lo, hi, wins, len(diff))}
+
+
+def paired_claim(better: list[np.ndarray], worse: list[np.ndarray], labels, n_boot: int = 1000) -> dict:
+    """"``better`` beats ``worse``" over seeds, judged as the study judges its claims:
+    ``better[i]`` and ``worse[i]`` are seed ``i``'s per-trial scores of the two systems on
+    the same trials (``labels``); EERs from the scores, the paired bootstrap over trials
+    (the study's resamples) of the mean difference."""
+    if not better or len(better) != len(worse):
+        raise ValueError(f"need one score array of each system per seed; got {len(better)} and {len(worse)}")
+    labels = np.asarray(labels)
+    n = len(better)
+    boot = _bootstrap_eers([*better, *worse], labels, n_boot)
+    diff = [metrics.eer(w, labels) - metrics.eer(b, labels) for b, w in zip(better, worse)]
+    return claim_figures(diff, np.mean([boot[n + i] - boot[i] for i in range(n)], axis=0))
+
+
 def summarize(study_dir: Path, seeds: list[int], n_boot: int = 1000) -> dict:
     """Per-arm spread over ``seeds`` and the verdict on every claim (see the module doc).
 
@@ -370,13 +395,8 @@ def summarize(study_dir: Path, seeds: list[int], n_boot: int = 1000) -> dict:
     for claim, both in testable:
         diff = [eer_of[claim.worse][s] - eer_of[claim.better][s] for s in both]
         boot_mean = np.mean([boot[claim.worse, s] - boot[claim.better, s] for s in both], axis=0)
-        lo, hi = (float(q) for q in np.quantile(boot_mean, [0.025, 0.975]))
-        wins = sum(d > 0 for d in diff)
-        spread = _spread(diff)
         claims[claim.name] = {"better": claim.better, "worse": claim.worse, "sentence": claim.sentence,
-                              "seeds": both, "eer_diff": diff, "mean": spread["mean"], "sd": spread["sd"],
-                              "wins": int(wins), "n": len(both), "ci95": [lo, hi],
-                              "verdict": _verdict(lo, hi, wins, len(both))}
+                              "seeds": both, **claim_figures(diff, boot_mean)}
     baselines = {}
     for s in seeds:
         for name, b in (results[s].get("baselines") or {}).items():
