@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cdino.methods.cluster_aware import ClusterPositiveSampler, confident_members
-from cdino.methods.dino import dino_loss
+from cdino.methods.dino import MultiCropModel, dino_loss, embedding_regularisers
+from cdino.models.dino_head import DinoHead
 
 
 def _direct_dino_loss(s, t, c, ts, tt):
@@ -35,6 +36,48 @@ def test_dino_loss_equals_direct_computation():
     want, terms = _direct_dino_loss(s, t, c, 0.1, 0.04)
     assert terms == 10  # 2 teacher crops x 6 student crops, same-crop pairs skipped
     assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_embedding_regularisers_measure_spread_and_redundancy():
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(4000, 8, generator=g) * 2.0  # independent dimensions, std 2 > 1
+    diversity, decorrelation = embedding_regularisers(white)
+    assert diversity.item() == 0.0 and decorrelation.item() < 0.05
+    base = torch.randn(4000, 1, generator=g)
+    copies = base.repeat(1, 8) * 2.0  # one dimension repeated: every covariance is 4
+    _, redundant = embedding_regularisers(copies)
+    assert redundant.item() == pytest.approx(8 * 7 * 16.0 / 8, rel=0.1)
+    still = torch.full((50, 8), 3.0)  # no spread at all: the hinge is at its largest
+    diversity, _ = embedding_regularisers(still)
+    assert diversity.item() == pytest.approx(1.0 - 1e-2, abs=1e-3)
+
+
+def test_embedding_regularisers_pull_embeddings_apart():
+    """Gradient steps on the two terms alone spread a collapsed batch and decorrelate it."""
+    g = torch.Generator().manual_seed(1)
+    emb = (torch.randn(64, 1, generator=g).repeat(1, 6) * 0.1 + torch.randn(64, 6, generator=g) * 0.01)
+    emb.requires_grad_(True)
+    opt = torch.optim.SGD([emb], lr=20.0)
+    start = [t.item() for t in embedding_regularisers(emb)]
+    for _ in range(200):
+        diversity, decorrelation = embedding_regularisers(emb)
+        opt.zero_grad()
+        (diversity + 0.1 * decorrelation).backward()
+        opt.step()
+    end = [t.item() for t in embedding_regularisers(emb)]
+    assert end[0] < 0.5 * start[0]
+    corr = torch.corrcoef(emb.detach().T)
+    assert (corr - torch.eye(6)).abs().max().item() < 0.5  # was ~1: one direction repeated
+
+
+def test_multicrop_model_returns_global_embeddings_on_request():
+    encoder = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(3 * 4, 5))
+    model = MultiCropModel(encoder, DinoHead(5, 7, 8, 3))
+    g, loc = torch.randn(2, 2, 3, 4), torch.randn(2, 3, 3, 4)
+    logits, emb = model(g, loc, with_embeddings=True)
+    assert logits.shape == (5, 2, 7) and emb.shape == (2, 2, 5)
+    assert torch.allclose(emb[1], encoder(g[:, 1]))
+    assert torch.equal(model(g, loc), logits)
 
 
 def test_dino_loss_is_minimal_when_student_matches_sharp_teacher():
@@ -82,3 +125,35 @@ def test_confident_members_keeps_closest_fraction_per_cluster():
     keep = confident_members(labels, sim, 0.5)
     assert keep.tolist() == [True, False, False, True, False, False, True, True, False, True]
     assert confident_members(labels, sim, 1.0).all()
+
+
+def _dino_step_loss(diversity: float, decorrelation: float):
+    from pathlib import Path
+
+    from cdino.config import load_config
+    from cdino.methods.base import FeatureFrontend, MethodContext
+    from cdino.methods.dino import DinoMethod
+    from cdino.train.trainer import TrainConfig
+
+    cfg = load_config(TrainConfig, {
+        "encoder": {"name": "ecapa_tdnn_small"}, "trainer": {"epochs": 1, "global_batch": 4},
+        "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "augment": False,
+                 "diversity_weight": diversity, "decorrelation_weight": decorrelation}})
+    torch.manual_seed(0)
+    ctx = MethodContext(cfg=cfg, device=torch.device("cpu"), rank=0, world_size=1, store=None, data=None,
+                        out_dir=Path("."), frontend=FeatureFrontend(cfg.fbank, None, None))
+    method = DinoMethod()
+    method.setup(ctx)
+    method.steps_per_epoch_value = 10
+    g = torch.Generator().manual_seed(0)
+    batch = {"global": torch.randn(4, 2, 8000, generator=g) * 0.1, "local": torch.randn(4, 2, 4000, generator=g) * 0.1}
+    return method.training_step(method.student, batch, 0, 0, g)
+
+
+def test_dino_step_adds_the_embedding_regularisers_when_weighted():
+    plain, plain_stats = _dino_step_loss(0.0, 0.0)
+    both, stats = _dino_step_loss(2.0, 0.5)
+    assert "diversity" not in plain_stats and "decorrelation" not in plain_stats
+    want = plain + 2.0 * stats["diversity"] + 0.5 * stats["decorrelation"]
+    assert both.item() == pytest.approx(want.item(), rel=1e-5)
+    assert stats["diversity"].item() > 0 and stats["decorrelation"].item() > 0

@@ -7,6 +7,10 @@ centred, sharpened softmax on each global crop and the student's softmax on ever
 crop (same-crop pairs skipped: 2 × 6 − 2 = 10 terms by default). Centering
 (``c ← m c + (1 − m) mean(teacher outputs)``, averaged over ranks) and sharpening keep
 the teacher from collapsing; the collapse watch below stops a run that collapses anyway.
+Optionally RDINO's two regularisers (Chen et al., ICASSP 2023) act on the student's
+embeddings: ``diversity_weight`` keeps each dimension spread over the batch and
+``decorrelation_weight`` keeps dimensions from repeating each other — DINO's speaker
+embeddings otherwise squeeze into a few directions (dimensional collapse).
 Defaults follow the design brief (`DESIGN.md`, "Stage 1").
 """
 
@@ -49,6 +53,8 @@ class DinoConfig:
     ema_end: float = 1.0  # teacher momentum at the last step
     freeze_last_layer_epochs: int = 1  # the prototype layer gets no updates in these first epochs
     augment: bool = True  # augment every crop (reverb / noise) on the device
+    diversity_weight: float = 0.0  # RDINO's diversity term: weight of mean(relu(1 - std)) of the student's embeddings over the batch (0: plain DINO)
+    decorrelation_weight: float = 0.0  # RDINO's redundancy-elimination term: weight of the squared off-diagonal covariance of those embeddings, summed, / dim
     collapse_mi: float = 1e-3  # collapse when I(input; prototype) of the teacher stays below this (nats) ...
     collapse_patience: int = 5  # ... for this many log windows in a row after the first epoch
     init: str | None = None  # start from a model folder (encoder only) or a DINO experiment folder (full state)
@@ -73,6 +79,22 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
     return total / terms
 
 
+def embedding_regularisers(emb: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """RDINO's two terms (Chen et al., ICASSP 2023) on a batch of embeddings ``(B, D)``
+    (the student's, averaged over the global crops of each utterance): diversity
+    ``mean_d relu(1 - sqrt(var_d + eps))`` keeps every dimension spread over the batch,
+    decorrelation ``sum_{d != e} cov_de^2 / D`` keeps dimensions from repeating each other.
+    Statistics are over the micro-batch a step sees (as BatchNorm's), so one process and
+    N ranks with the same micro-batch compute the same terms."""
+    x = emb.float()
+    x = x - x.mean(dim=0)
+    n, dim = x.shape
+    diversity = F.relu(1.0 - torch.sqrt(x.var(dim=0) + eps)).mean()
+    cov = (x.T @ x) / max(n - 1, 1)
+    off = cov - torch.diag_embed(torch.diagonal(cov))
+    return diversity, off.square().sum() / dim
+
+
 class MultiCropModel(nn.Module):
     """Encoder + DINO head applied to a batch of global and local crops in one call."""
 
@@ -80,16 +102,21 @@ class MultiCropModel(nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
 
-    def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, G, T, F) [+ (B, L, T', F)] → logits (G [+ L], B, K), crops in order."""
-        outs = []
+    def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None = None,
+                with_embeddings: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, T, F) [+ (B, L, T', F)] → logits (G [+ L], B, K), crops in order; with
+        ``with_embeddings`` also the encoder's embeddings of the global crops (G, B, D)."""
+        outs, embeddings = [], []
         for feats in (global_feats, local_feats):
             if feats is None or feats.shape[1] == 0:
                 continue
             b, n = feats.shape[:2]
             flat = feats.transpose(0, 1).reshape(n * b, *feats.shape[2:])
-            outs.append(self.head(self.encoder(flat)).reshape(n, b, -1))
-        return torch.cat(outs, dim=0)
+            emb = self.encoder(flat)
+            embeddings.append(emb.reshape(n, b, -1))
+            outs.append(self.head(emb).reshape(n, b, -1))
+        logits = torch.cat(outs, dim=0)
+        return (logits, embeddings[0]) if with_embeddings else logits
 
 
 class DinoMethod(Method):
@@ -156,13 +183,23 @@ class DinoMethod(Method):
         fe = self.ctx.frontend
         g = fe(batch["global"], augment=self.dc.augment, generator=generator)
         loc = fe(batch["local"], augment=self.dc.augment, generator=generator) if batch["local"].shape[1] else None
-        s_out = student(g, loc)
+        regularise = self.dc.diversity_weight > 0 or self.dc.decorrelation_weight > 0
+        if regularise:
+            s_out, s_emb = student(g, loc, with_embeddings=True)
+        else:
+            s_out = student(g, loc)
         with torch.no_grad():
             t_out = self.teacher(g).float()
         tt = self.teacher_temp(step)
         loss = dino_loss(s_out, t_out, self.center, self.dc.student_temp, tt)
+        extra = {}
+        if regularise:
+            diversity, decorrelation = embedding_regularisers(s_emb.float().mean(dim=0))
+            loss = loss + self.dc.diversity_weight * diversity + self.dc.decorrelation_weight * decorrelation
+            extra = {"diversity": diversity.detach(), "decorrelation": decorrelation.detach()}
         with torch.no_grad():
             stats = self._stats(s_out.float(), t_out, tt)
+            stats.update(extra)
             # The centre moves once per optimiser step, with the mean teacher output of the
             # whole global batch (all micro-batches, all ranks): independent of the GPU count.
             self._center_sum += t_out.mean(dim=(0, 1)).unsqueeze(0)
