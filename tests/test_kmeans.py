@@ -1,4 +1,5 @@
-"""k-means pseudo-labeller: recovery, determinism, tiny-cluster rule, merging, files."""
+"""k-means pseudo-labeller: recovery, determinism, Ward seeding, whitening, tiny-cluster
+rule, merging, files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from cdino.config import from_dict
 from cdino.errors import ConfigError, DataError
 from cdino.metrics import nmi
 from cdino.pseudo.kmeans import (KMeansConfig, cluster, cluster_size_stats, kmeans,
-                                 read_utt2cluster, write_utt2cluster)
+                                 ledoit_wolf_shrinkage, pca_whiten, read_utt2cluster, write_utt2cluster)
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +142,86 @@ def test_merge_to_merges_sub_clusters():
     assert nmi(group_of, res.labels) == pytest.approx(1.0)
     # the merge of 12 into 7 also yields exactly that many clusters
     assert cluster(x, KMeansConfig(n_clusters=12, merge_to=7, backend="faiss")).n_clusters == 7
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_ward_seeding_beats_kmeanspp_on_many_small_clusters(backend):
+    """A speaker corpus's shape: many small clusters of equal size that overlap a little.
+    Lloyd from Ward's groups ends nearer the truth than from k-means++ seeds."""
+    gain = []
+    for data_seed in range(3):
+        x, truth = sphere_blobs(n=600, k=60, d=16, spread=0.8, seed=data_seed)
+        ward = nmi(truth, kmeans(x, 60, seed=0, backend=backend, init="ward")[0])
+        pp = np.mean([nmi(truth, kmeans(x, 60, seed=s, backend=backend, init="kmeans++")[0])
+                      for s in range(3)])
+        gain.append(ward - pp)
+    assert min(gain) > 0.0 and np.mean(gain) > 0.01, gain
+
+
+def test_ward_seeding_samples_and_is_deterministic():
+    x, truth = sphere_blobs(n=800, k=8, spread=0.3, seed=2)
+    a = cluster(x, KMeansConfig(n_clusters=8, init="ward", backend="torch"))
+    b = cluster(x, KMeansConfig(n_clusters=8, init="ward", backend="torch"))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert nmi(truth, a.labels) > 0.95
+    # a tree over a 100-row sample still seeds all 8 clusters; the seed picks the sample
+    small = [cluster(x, KMeansConfig(n_clusters=8, init="ward", ward_max_points=100, seed=s,
+                                     n_iter=1, backend="torch")) for s in (0, 1)]
+    assert all(r.n_clusters == 8 and nmi(truth, r.labels) > 0.9 for r in small)
+    with pytest.raises(ConfigError, match="ward_max_points"):
+        from_dict(KMeansConfig, {"n_clusters": 50, "init": "ward", "ward_max_points": 20})
+
+
+def test_pca_whiten_gives_unit_covariance():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 6)) @ rng.standard_normal((6, 6)) * 5 + 3
+    w = pca_whiten(x, shrinkage=0.0)
+    assert w.dtype == np.float32 and w.shape == x.shape
+    np.testing.assert_allclose(w.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(w, rowvar=False, bias=True), np.eye(6), atol=1e-3)
+    # a direction with (almost) no variance is floored, not blown up to unit variance
+    flat = np.concatenate([x, np.full((2000, 1), 7.0) + 1e-9 * rng.standard_normal((2000, 1))], 1)
+    assert np.abs(pca_whiten(flat, shrinkage=0.0)).max() < 10
+    with pytest.raises(ValueError, match="at least 2"):
+        pca_whiten(x[:1])
+    with pytest.raises(ValueError, match="shrinkage"):
+        pca_whiten(x, shrinkage=1.5)
+
+
+def test_ledoit_wolf_shrinkage_grows_as_rows_get_few():
+    rng = np.random.default_rng(1)
+    mix = rng.standard_normal((32, 32))
+    a = {n: ledoit_wolf_shrinkage((x := rng.standard_normal((n, 32)) @ mix) - x.mean(0))
+         for n in (40, 400, 40_000)}
+    assert 0.0 <= a[40_000] < a[400] < a[40] <= 1.0, a
+    assert a[40_000] < 0.01
+    iso = rng.standard_normal((50, 8))  # identity covariance: all shrinkage
+    assert ledoit_wolf_shrinkage(iso - iso.mean(0)) > 0.5
+
+
+def test_shrunk_whitening_keeps_structure_with_few_rows():
+    """24 rows in 64 dims: plain whitening makes all rows equidistant; shrunk keeps groups."""
+    x, truth = sphere_blobs(n=24, k=3, d=64, spread=1.0, seed=3)
+    plain = pca_whiten(x, shrinkage=0.0)
+    d = np.linalg.norm(plain[:, None] - plain[None], axis=2)[np.triu_indices(24, 1)]
+    assert d.std() / d.mean() < 1e-3  # a simplex: no structure left
+    shrunk = cluster(x, KMeansConfig(n_clusters=3, whiten=True, init="ward")).labels
+    assert nmi(truth, shrunk) > 0.95
+
+
+def test_whitening_finds_speakers_under_a_loud_nuisance():
+    """Speakers differ in 14 quiet directions; 2 loud ones carry a per-utterance nuisance
+    (a channel): cosine k-means follows the nuisance, whitened k-means the speakers."""
+    rng = np.random.default_rng(0)
+    means = rng.standard_normal((8, 16))
+    means[:, :2] = 0
+    truth = np.repeat(np.arange(8), 100)
+    x = means[truth] + 0.3 * rng.standard_normal((truth.size, 16))
+    x[:, :2] += 6 * rng.standard_normal((truth.size, 2))
+    x = x.astype(np.float32)
+    plain = nmi(truth, cluster(x, KMeansConfig(n_clusters=8)).labels)
+    white = nmi(truth, cluster(x, KMeansConfig(n_clusters=8, whiten=True)).labels)
+    assert plain < 0.5 and white > 0.85, (plain, white)
 
 
 def test_cluster_size_stats_known():

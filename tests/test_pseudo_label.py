@@ -361,3 +361,27 @@ def test_joint_rounds_add_the_labelled_speakers_as_classes(tiny_data, tmp_path, 
     bad = load_config(TrainConfig, BASE, overrides=[f"pseudo.labelled={tmp_path / 'nolabels'}", "pseudo.rounds=1"])
     with pytest.raises(DataError, match=r"pseudo.labelled: .*nolabels: no utt2spk"):
         stages.train_pseudo_rounds(bad, tiny_data, init_model, tmp_path / "q")
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_round_clustering_input_whitens_audio_before_fusion(whiten):
+    from cdino.methods.pseudo_label import PseudoLabelConfig
+    from cdino.pseudo.kmeans import KMeansConfig, pca_whiten
+
+    rng = np.random.default_rng(0)
+    emb = (rng.standard_normal((120, 16)) @ rng.standard_normal((16, 16)) + 2).astype(np.float32)
+    visual = rng.standard_normal((120, 8)).astype(np.float32)
+    has = rng.random(120) < 0.7
+    pc = PseudoLabelConfig(kmeans=KMeansConfig(n_clusters=10, whiten=whiten))
+    pc.fusion.visual_weight = 0.5
+    audio, x, weight = stages.clustering_input(emb, visual, has, pc)
+    expect = pca_whiten(emb) if whiten else emb - emb.mean(0)
+    np.testing.assert_allclose(audio, expect, rtol=1e-4, atol=1e-5)
+    unit = expect / np.linalg.norm(expect, axis=1, keepdims=True)
+    np.testing.assert_allclose(x[:, :16], unit, rtol=1e-4, atol=1e-5)  # the audio block
+    v = visual[has] / np.linalg.norm(visual[has], axis=1, keepdims=True)
+    np.testing.assert_allclose(x[has, 16:], np.sqrt(0.5) * v, rtol=1e-4, atol=1e-5)
+    assert weight == 0.5
+    audio_only, x_only, w_only = stages.clustering_input(emb, None, None, pc)
+    np.testing.assert_allclose(x_only, expect, rtol=1e-4, atol=1e-5)
+    assert w_only is None

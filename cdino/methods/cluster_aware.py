@@ -40,6 +40,8 @@ class ClusterAwareConfig:
     keep_fraction: float = 0.8  # confidence filter: in each cluster, the members closest to the centroid that lend/borrow crops
     embed_seconds: float = 6.0  # longest central part of an utterance embedded for clustering
     kmeans_iter: int = 20  # k-means iterations
+    kmeans_init: Literal["auto", "random", "kmeans++", "ward"] = "auto"  # k-means seeding (cdino.pseudo.kmeans)
+    whiten: bool = False  # PCA-whiten the embeddings before clustering (cdino.pseudo.kmeans)
 
 
 class ClusterPositiveSampler:
@@ -132,7 +134,8 @@ class ClusterAwareDinoMethod(DinoMethod):
         n_clusters = torch.zeros((), dtype=torch.int64, device=ctx.device)
         if ctx.rank == 0:  # one clustering, shared by every rank
             result = cluster(emb, KMeansConfig(n_clusters=k, n_iter=self.cc.kmeans_iter,
-                                               seed=ctx.cfg.trainer.seed + epoch),
+                                               seed=ctx.cfg.trainer.seed + epoch,
+                                               init=self.cc.kmeans_init, whiten=self.cc.whiten),
                              device=ctx.device)
             labels = np.asarray(result.labels)
             confident = confident_members(labels, np.asarray(result.similarity), self.cc.keep_fraction)

@@ -30,7 +30,7 @@ from cdino.methods.pseudo_label import PseudoLabelMethod
 from cdino.eval.embed import embed_training_store, inference_copy
 from cdino.metrics import nmi, purity
 from cdino.pseudo.fusion import align_visual, fuse
-from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, write_utt2cluster
+from cdino.pseudo.kmeans import KMeansConfig, cluster, cluster_size_stats, pca_whiten, write_utt2cluster
 from cdino.train.batchnorm import target_batchnorm
 from cdino.train.trainer import TrainConfig, Trainer
 from cdino.distributed import barrier, init_distributed, is_main, resolve_device
@@ -504,6 +504,18 @@ def _embed_store(model_dir, cfg, store, device, desc: str, rows=None) -> np.ndar
                                 num_workers=cfg.data.num_workers, rows=rows, desc=desc)
 
 
+def clustering_input(emb: np.ndarray, visual, has_visual, pc, *, seed: int = 0, device=None):
+    """``(audio, x, visual weight)``: a round's audio embeddings centred (or, with
+    ``pc.kmeans.whiten``, whitened) and what k-means clusters — the audio, or with a visual
+    view the fused rows. Whitening is of the audio alone, before the visual block joins it,
+    so the visual weight in the fused cosine stays what fusion chose."""
+    audio = pca_whiten(emb) if pc.kmeans.whiten else emb - emb.mean(0)
+    if visual is None:
+        return audio, audio, None
+    x, weight = fuse(audio, visual, has_visual, pc.fusion, seed=seed, device=device)
+    return audio, x, weight
+
+
 def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed):
     t0 = time.perf_counter()
     emb = None
@@ -514,15 +526,12 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
     if not is_main():
         return None, None
     raw = emb
-    emb = emb - emb.mean(0)
-    x, weight = emb, None
-    if visual is not None:
-        x, weight = fuse(emb, visual, has_visual, cfg.pseudo.fusion, seed=seed, device=device)
     km = cfg.pseudo.kmeans
+    emb, x, weight = clustering_input(emb, visual, has_visual, cfg.pseudo, seed=seed, device=device)
     from dataclasses import replace
 
-    result = cluster(x, replace(km, n_clusters=min(km.n_clusters, max(2, len(x) // 2)), seed=seed),
-                     device=device)
+    result = cluster(x, replace(km, n_clusters=min(km.n_clusters, max(2, len(x) // 2)), seed=seed,
+                                whiten=False), device=device)
     labels = np.asarray(result.labels, dtype=np.int64)
     info = {"seconds": time.perf_counter() - t0, **cluster_size_stats(labels)}
     info["class_centres"] = class_directions(raw, labels, int(labels.max()) + 1)
@@ -532,7 +541,8 @@ def _cluster_round(cfg, model_dir, store, device, visual, has_visual, true, seed
         info["nmi"] = float(nmi(true, labels))
         info["purity"] = float(purity(true, labels))
         if visual is not None:
-            audio_only = cluster(emb, replace(km, n_clusters=int(result.n_clusters), seed=seed), device=device)
+            audio_only = cluster(emb, replace(km, n_clusters=int(result.n_clusters), seed=seed, whiten=False),
+                                 device=device)
             info["nmi_audio_only"] = float(nmi(true, np.asarray(audio_only.labels)))
     return labels, info
 
