@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     means = {}
     for r in rows:
         means.setdefault(f"{r['split']}: {r['variant']}", []).append((r["purity"], r["nmi"]))
-    summary = {key: {"purity": round(float(np.mean([p for p, _ in v])), 4), "nmi": round(float(np.mean([n for _, n in v])), 4)}
-               for key, v in means.items()}
+    summary = {key: {"purity": round(float(np.mean([p for p, _ in v])), 4),
+                     "nmi": round(float(np.mean([n for _, n in v])), 4)} for key, v in means.items()}
     print(json.dumps({"bench": "cluster_choice", "corpus": str(args.corpus), "models": [str(m) for m in args.models],
                       "dev_clusters": args.dev_clusters, "train_clusters": args.train_clusters,
                       "mean": summary, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))

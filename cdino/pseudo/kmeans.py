@@ -17,10 +17,11 @@ point joins the centroid of highest cosine. Two interchangeable back-ends:
 :func:`cluster` adds the rules a pseudo-labeller needs on top of :func:`kmeans`:
 
 0. **Whitening** (optional, ``whiten``): :func:`pca_whiten` (with Ledoit-Wolf
-   shrinkage) fitted on the embeddings being clustered, before the L2 normalisation, so every direction of the embedding
-   space has an equal say in the cosine. Self-supervised speaker embeddings spend much
-   of their variance on a few directions that carry channel and session more than
-   speaker (the centred cosine of two utterances is then mostly those directions).
+   shrinkage) fitted on the embeddings being clustered, before the L2 normalisation, so
+   every direction of the embedding space has an equal say in the cosine.
+   Self-supervised speaker embeddings spend much of their variance on a few directions
+   that carry channel and session more than speaker (the centred cosine of two
+   utterances is then mostly those directions).
 1. **Tiny clusters.** Members of clusters smaller than ``min_cluster_size`` are moved to
    the nearest surviving centroid (one pass; survivors only grow, so none falls below
    the minimum). Clusters of single outlier utterances would otherwise become classes
