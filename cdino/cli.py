@@ -36,6 +36,10 @@ def cmd_corpus(args) -> int:
         over["n_train_speakers"] = args.speakers
     if args.test_speakers is not None:
         over["n_test_speakers"] = args.test_speakers
+    if args.dev_speakers is not None:
+        over["n_dev_speakers"] = args.dev_speakers
+    if args.dev_trials is not None:
+        over["n_dev_trials"] = args.dev_trials
     if args.seed is not None:
         over["seed"] = args.seed
     if args.workers is not None:
@@ -295,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="corpus folder to write")
     s.add_argument("--speakers", type=int, help="training speakers (default: the preset's)")
     s.add_argument("--test-speakers", type=int, help="test speakers, disjoint from training (default: the preset's)")
+    s.add_argument("--dev-speakers", type=int,
+                   help="labelled dev speakers, disjoint from train and test, to choose settings on "
+                        "(0: no dev split; more narrow its estimates; train and test stay the same; "
+                        "default: the preset's)")
+    s.add_argument("--dev-trials", type=int, help="dev trials, half target (default: the preset's)")
     s.add_argument("--seed", type=int, help="random seed (same seed, same corpus; default: the preset's)")
     s.add_argument("--preset", default="default", choices=["default", "quick", "tiny"],
                    help="corpus size: default (the demo's), quick or tiny (default: default)")

@@ -204,6 +204,22 @@ def test_the_dev_split_leaves_train_and_test_as_they_were(tiny, tmp_path):
     assert _read_lines(out / "dev" / "spk2utt")[0][0] == f"spk{first_dev:04d}"
 
 
+def test_cli_sets_the_dev_split_size(tiny, tmp_path, capsys):
+    """`cdino corpus synth --dev-speakers N --dev-trials M`: a larger dev split, train and test unchanged."""
+    from cdino.cli import main
+
+    out, cfg = tiny
+    big = tmp_path / "big"
+    assert main(["corpus", "synth", "--preset", "tiny", "--seed", "7", "--dev-speakers", "3",
+                 "--dev-trials", "30", "--out", str(big)]) == 0
+    assert len(_read_lines(big / "dev" / "spk2utt")) == 3 != cfg.n_dev_speakers
+    assert len(_read_lines(big / "dev" / "trials")) == 30
+    assert (big / "test" / "trials").read_bytes() == (out / "test" / "trials").read_bytes()
+    capsys.readouterr()
+    assert main(["corpus", "synth", "--preset", "tiny", "--dev-speakers", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "n_dev_speakers" in capsys.readouterr().err
+
+
 def test_other_seed_other_corpus(tiny, tmp_path):
     out, _ = tiny
     other = tmp_path / "other"

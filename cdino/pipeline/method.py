@@ -53,6 +53,7 @@ class CorpusSpec:
     preset: str = "default"  # default | quick | tiny
     seed: int = 0  # corpus seed
     speakers: int | None = None  # override the preset's training speakers
+    dev_speakers: int | None = None  # override the preset's labelled dev speakers (0: no dev split; train and test stay the same)
     visual_noise: float | None = None  # override the face proxy's difficulty (SynthConfig.visual_noise)
     weak_visual_noise: float | None = None  # also write the face proxy at this difficulty (corpus/visual_weak/), for the audio_visual_weak ablation
 
@@ -102,6 +103,9 @@ class RecipeConfig:
             if key in ("pseudo.rounds", "pseudo.modality", "pseudo.stop"):
                 raise ConfigError(f"recipe key 'choose.{key}': not chosen by candidates' round 1 "
                                   f"(the number of rounds: pseudo.stop: criterion)")
+        if self.evaluate_dev and self.corpus.dev_speakers == 0 and not (self.data.train or self.data.dev):
+            raise ConfigError("recipe key 'evaluate_dev': the corpus has no dev split (corpus.dev_speakers is 0); "
+                              "set corpus.dev_speakers (e.g. 40) or data.dev")
 
 
 def settings_overrides(settings: dict) -> dict:
@@ -360,6 +364,8 @@ class MethodPipeline(StagedRun):
         over = {"seed": self.r.corpus.seed}
         if self.r.corpus.speakers:
             over["n_train_speakers"] = self.r.corpus.speakers
+        if self.r.corpus.dev_speakers is not None:
+            over["n_dev_speakers"] = self.r.corpus.dev_speakers
         if self.r.corpus.visual_noise is not None:
             over["visual_noise"] = self.r.corpus.visual_noise
         cfg = from_dict(SynthConfig, {**to_dict(cfg), **over})
