@@ -17,7 +17,14 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-STAGES = ("dino", "cdino", "pseudo/round1", "pseudo/round2", "mm/round1", "mm/round2", "supervised")
+
+def _stages(exp: Path) -> list[str]:
+    """The run's training stages in pipeline order, with every round it trained."""
+    rounds = lambda name: sorted((p.name for p in (exp / name).glob("round*")),  # noqa: E731
+                                 key=lambda r: int(r[5:]) if r[5:].isdigit() else 0)
+    return (["dino", "cdino"] + [f"pseudo/{r}" for r in rounds("pseudo")]
+            + [f"mm/{r}" for r in rounds("mm")] + ["supervised"])
+
 STEP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) step (\d+) ")
 
 
@@ -27,7 +34,7 @@ def _time(line: str) -> datetime:
 
 def timeline(exp: Path) -> dict:
     rows = []
-    for stage in STAGES:
+    for stage in _stages(exp):
         log = exp / stage / "train.log"
         if not log.is_file():
             continue

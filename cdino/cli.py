@@ -28,23 +28,11 @@ def _load_train_config(args):
 
 def cmd_corpus(args) -> int:
     from cdino.corpus.synth import SynthConfig, synthesize
-    from cdino.config import from_dict, to_dict
 
-    cfg = SynthConfig.preset(args.preset, domain=args.domain)
-    over = {}
-    if args.speakers is not None:
-        over["n_train_speakers"] = args.speakers
-    if args.test_speakers is not None:
-        over["n_test_speakers"] = args.test_speakers
-    if args.dev_speakers is not None:
-        over["n_dev_speakers"] = args.dev_speakers
-    if args.dev_trials is not None:
-        over["n_dev_trials"] = args.dev_trials
-    if args.seed is not None:
-        over["seed"] = args.seed
-    if args.workers is not None:
-        over["workers"] = args.workers
-    cfg = from_dict(SynthConfig, {**to_dict(cfg), **over})
+    names = {"speakers": "n_train_speakers", "test_speakers": "n_test_speakers",
+             "dev_speakers": "n_dev_speakers", "dev_trials": "n_dev_trials", "seed": "seed", "workers": "workers"}
+    over = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None}
+    cfg = SynthConfig.preset(args.preset, domain=args.domain, **over)
     summary = synthesize(Path(args.out), cfg, progress=True)
     print(json.dumps(summary, indent=1, default=str))
     return 0

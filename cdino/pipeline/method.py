@@ -360,7 +360,6 @@ class MethodPipeline(StagedRun):
             return {"source": "data folders"}
         from cdino.corpus.synth import SynthConfig, synthesize
 
-        cfg = SynthConfig.preset(self.r.corpus.preset)
         over = {"seed": self.r.corpus.seed}
         if self.r.corpus.speakers:
             over["n_train_speakers"] = self.r.corpus.speakers
@@ -368,7 +367,7 @@ class MethodPipeline(StagedRun):
             over["n_dev_speakers"] = self.r.corpus.dev_speakers
         if self.r.corpus.visual_noise is not None:
             over["visual_noise"] = self.r.corpus.visual_noise
-        cfg = from_dict(SynthConfig, {**to_dict(cfg), **over})
+        cfg = SynthConfig.preset(self.r.corpus.preset, **over)
         target = self.out / "corpus"
         shutil.rmtree(target, ignore_errors=True)
         summary = synthesize(target, cfg, progress=True)
