@@ -109,3 +109,17 @@ def test_seed_processes_sharing_a_folder_make_its_corpus_once(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert log.read_text().splitlines() == ["made"]
     assert (out / "corpus" / "done.json").is_file()
+
+
+@pytest.mark.parametrize("stage", ["dino", "cdino", "supervised"])
+def test_the_study_trains_the_demos_stages(stage):
+    """The study measures the demo's method: its DINO, C-DINO and supervised stages train
+    with the demo's settings (a setting chosen for the demo must reach the study too)."""
+    from cdino.config import to_dict
+    from cdino.pipeline.method import stage_train_config
+
+    demo, _ = stage_train_config("demo", stage)
+    study, _ = stage_train_config("ablations", stage)
+    a, b = to_dict(demo), to_dict(study)
+    a["trainer"].pop("progress"), b["trainer"].pop("progress")  # the study logs, the demo draws bars
+    assert a == b

@@ -156,6 +156,26 @@ def test_sampler_spanning_epochs_yields_the_per_epoch_batches(segment):
     assert not np.array_equal(ds[(1, 5)]["global"], a["global"])
 
 
+
+def test_stratified_global_crops_come_from_successive_parts_of_the_utterance():
+    store = MemoryStore.__new__(MemoryStore)  # one utterance whose samples count 0, 1, 2, ...
+    store.utts, store.lengths = ["a"], np.array([10000])
+    store.offsets, store.samples = np.array([0]), np.arange(10000).astype(np.int16)
+    starts = {}
+    for placement in (False, True):
+        ds = MultiCropDataset(store, 2, 4000, 0, 1000, seed=3, stratified=placement)
+        crops = np.stack([ds[(0, e)]["global"] for e in range(200)])  # (epochs, 2, samples)
+        crops = np.rint(crops * 32768).astype(int)  # back to the stored sample numbers
+        assert np.all(np.diff(crops, axis=-1) == 1)  # contiguous crops inside the utterance
+        starts[placement] = crops[:, :, 0]
+    first, second = starts[True][:, 0], starts[True][:, 1]
+    assert first.max() <= 3000 <= second.min()  # crop k starts in the k-th half of 0..6000
+    assert first.min() < 300 and second.max() > 5700  # and anywhere in it
+    overlap = lambda s: np.clip(4000 - np.abs(s[:, 0] - s[:, 1]), 0, None).mean()  # noqa: E731
+    assert overlap(starts[True]) < 0.8 * overlap(starts[False])
+    assert (starts[False][:, 0] > starts[False][:, 1]).any()  # random placement: either order
+
+
 class Counting:
     """Counts the DataLoaders the trainer makes."""
 

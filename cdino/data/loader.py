@@ -42,15 +42,22 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def random_crop(store: WaveStore, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(store: WaveStore, i: int, n: int, rng: np.random.Generator,
+                stratum: tuple[int, int] | None = None) -> np.ndarray:
     """A random ``n``-sample crop of utterance ``i``; a shorter utterance is tiled.
 
+    ``stratum=(k, m)`` draws the start in the k-th of m equal parts of the possible starts,
+    so the m crops of one utterance come from its successive parts and share less of it.
     An unreadable file raises ``AudioError`` with ``.bad = (name, reason)`` attached.
     """
     total = store.num_samples(i)
     try:
         if total >= n:
-            offset = int(rng.integers(0, total - n + 1))
+            span = total - n + 1
+            if stratum is None:
+                offset = int(rng.integers(0, span))
+            else:
+                offset = min(span - 1, int((stratum[0] + rng.random()) / stratum[1] * span))
             wave = store.read(i, offset, n)
             if len(wave) == n:
                 return wave
@@ -117,11 +124,12 @@ class MultiCropDataset(Dataset):
     """
 
     def __init__(self, store: WaveStore, n_global: int, global_samples: int, n_local: int,
-                 local_samples: int, seed: int = 0) -> None:
+                 local_samples: int, seed: int = 0, stratified: bool = False) -> None:
         self.store = store
         self.n_global, self.global_samples = n_global, global_samples
         self.n_local, self.local_samples = n_local, local_samples
         self.seed = seed
+        self.stratified = stratified  # global crop k of an utterance from the k-th part of it
         self.epoch = 0
         self.positive: PositiveSampler = same_utterance
 
@@ -134,8 +142,8 @@ class MultiCropDataset(Dataset):
 
     def _crops(self, index: int, epoch: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)
-        g = [random_crop(self.store, self.positive(index, s, rng), self.global_samples, rng)
-             for s in range(self.n_global)]
+        g = [random_crop(self.store, self.positive(index, s, rng), self.global_samples, rng,
+                         (s, self.n_global) if self.stratified else None) for s in range(self.n_global)]
         l = [random_crop(self.store, self.positive(index, self.n_global + s, rng),
                          self.local_samples, rng) for s in range(self.n_local)]
         out = {"index": index, "global": np.stack(g)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ class DinoConfig:
     global_seconds: float = 3.0  # length of a global crop (300 frames)
     n_local: int = 4  # short crops per utterance (student only)
     local_seconds: float = 2.0  # length of a local crop (200 frames)
+    global_placement: Literal["random", "stratified"] = "random"  # where an utterance's global crops start: anywhere, or crop k in the k-th of n_global equal parts of the possible starts (less content shared between the views)
     out_dim: int = 65536  # prototypes K of the head's last layer
     hidden_dim: int = 2048  # head MLP width
     bottleneck_dim: int = 256  # head bottleneck before the prototypes
@@ -165,7 +167,8 @@ class DinoMethod(Method):
     def dataset(self):
         self._dataset = MultiCropDataset(
             self.ctx.store, self.dc.n_global, int(self.dc.global_seconds * SAMPLE_RATE),
-            self.dc.n_local, int(self.dc.local_seconds * SAMPLE_RATE), seed=self.ctx.cfg.trainer.seed)
+            self.dc.n_local, int(self.dc.local_seconds * SAMPLE_RATE), seed=self.ctx.cfg.trainer.seed,
+            stratified=self.dc.global_placement == "stratified")
         return self._dataset
 
     def _progress(self, step: int) -> float:
