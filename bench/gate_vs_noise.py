@@ -2,8 +2,8 @@
 
 Takes the true speaker labels of a training folder, replaces a fraction ``p`` of them by
 random other speakers (the noise a clustering makes, without its structure), and trains
-one DLG-LC-style round from a given model with each gate setting (``off``, ``dlg``:
-dynamic gate without correction, ``dlg_lc``), as the recipe's pseudo stage would; prints
+one DLG-LC-style round from a given model with each gate setting (``off``, ``fixed_gate``:
+the study's fixed threshold, ``dlg``: dynamic gate without correction, ``dlg_lc``), as the recipe's pseudo stage would; prints
 one JSON object with the dev EER of every (p, setting) and, from the true labels (a
 diagnostic), the gate's precision and recall in the last epoch. This measures the gate's
 gain as a function of label noise, which the study's claims depend on.
@@ -15,6 +15,7 @@ gain as a function of label noise, which the study's claims depend on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ import numpy as np
 
 SETTINGS = {
     "gate_off": {"gate": {"mode": "off"}, "correction": {"enabled": False}},
+    "fixed_gate": {"gate": {"mode": "fixed", "fixed_threshold": 3.0}, "correction": {"enabled": False}},  # the study's arm
     "dlg": {"correction": {"enabled": False}},
     "dlg_lc": {},
 }
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="demo")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.3, 0.5])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -85,8 +87,9 @@ def main(argv=None) -> int:
                              progress=progress_enabled(cfg.trainer.progress), embed_all=False)
                 (out / "history.json").write_text(json.dumps(history))
             history = json.loads((out / "history.json").read_text())
-            dev = run_eval(out / "model", args.corpus / "dev", args.corpus / "dev" / "trials", out / "dev.json",
-                           progress=False, label=f"noise {p:g} {name}")
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the one JSON object
+                dev = run_eval(out / "model", args.corpus / "dev", args.corpus / "dev" / "trials", out / "dev.json",
+                               progress=False, label=f"noise {p:g} {name}")
             last = history[-1] if history else {}
             results.append({"noise": p, "setting": name, "dev_eer": dev["eer"], "seconds": time.perf_counter() - t0,
                             **{k: last.get(k) for k in ("reliable_fraction", "corrected_fraction", "gate_precision",
