@@ -25,7 +25,7 @@ import numpy as np
 
 SETTINGS = {
     "gate_off": {"gate": {"mode": "off"}, "correction": {"enabled": False}},
-    "fixed_gate": {"gate": {"mode": "fixed", "fixed_threshold": 3.0}, "correction": {"enabled": False}},  # the study's arm
+    "fixed_gate": None,  # the study's arm, read from its recipe (ablations.yaml) so the two cannot drift
     "dlg": {"correction": {"enabled": False}},
     "dlg_lc": {},
 }
@@ -60,13 +60,15 @@ def main(argv=None) -> int:
     from cdino.distributed import resolve_device
     from cdino.eval.model_folder import read_model_folder
     from cdino.methods.pseudo_label import PseudoLabelMethod
-    from cdino.pipeline.method import stage_train_config
+    from cdino.pipeline.method import load_recipe, stage_train_config
     from cdino.pipeline.recipe_source import merge_overrides
     from cdino.train.stages import export_model
     from cdino.train.trainer import TrainConfig, Trainer
     from cdino.verbs import run_eval
 
     base, _ = stage_train_config(args.recipe, "pseudo")
+    settings = {name: over if over is not None else load_recipe("ablations").ablations[name]["pseudo"]
+                for name, over in SETTINGS.items()}
     data = DataDir.load(args.corpus / "train")
     store = open_store(data, base.data, progress=False)
     true = data.speaker_labels(store.utts)[0]
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
             out = args.out / f"noise{p:g}_{name}"
             t0 = time.perf_counter()
             if not (out / "model" / "encoder.safetensors").is_file():
-                cfg = from_dict(TrainConfig, merge_overrides(to_dict(base), {"pseudo": SETTINGS[name]}))
+                cfg = from_dict(TrainConfig, merge_overrides(to_dict(base), {"pseudo": settings[name]}))
                 method = PseudoLabelMethod(labels, init_encoder=init, true_labels=true, name=name)
                 trainer = Trainer(cfg, method, data, out, resume=(out / "checkpoints").is_dir(), store=store)
                 history = trainer.fit()

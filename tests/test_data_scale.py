@@ -156,7 +156,6 @@ def test_sampler_spanning_epochs_yields_the_per_epoch_batches(segment):
     assert not np.array_equal(ds[(1, 5)]["global"], a["global"])
 
 
-
 def test_stratified_global_crops_come_from_successive_parts_of_the_utterance():
     store = MemoryStore.__new__(MemoryStore)  # one utterance whose samples count 0, 1, 2, ...
     store.utts, store.lengths = ["a"], np.array([10000])
