@@ -127,7 +127,7 @@ def test_confident_members_keeps_closest_fraction_per_cluster():
     assert confident_members(labels, sim, 1.0).all()
 
 
-def _dino_step_loss(diversity: float, decorrelation: float):
+def _dino_method(frontend=None, **dino):
     from pathlib import Path
 
     from cdino.config import load_config
@@ -137,14 +137,18 @@ def _dino_step_loss(diversity: float, decorrelation: float):
 
     cfg = load_config(TrainConfig, {
         "encoder": {"name": "ecapa_tdnn_small"}, "trainer": {"epochs": 1, "global_batch": 4},
-        "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "augment": False,
-                 "diversity_weight": diversity, "decorrelation_weight": decorrelation}})
+        "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "augment": False, **dino}})
     torch.manual_seed(0)
     ctx = MethodContext(cfg=cfg, device=torch.device("cpu"), rank=0, world_size=1, store=None, data=None,
-                        out_dir=Path("."), frontend=FeatureFrontend(cfg.fbank, None, None))
+                        out_dir=Path("."), frontend=frontend or FeatureFrontend(cfg.fbank, None, None))
     method = DinoMethod()
     method.setup(ctx)
     method.steps_per_epoch_value = 10
+    return method
+
+
+def _dino_step_loss(diversity: float, decorrelation: float):
+    method = _dino_method(diversity_weight=diversity, decorrelation_weight=decorrelation)
     g = torch.Generator().manual_seed(0)
     batch = {"global": torch.randn(4, 2, 8000, generator=g) * 0.1, "local": torch.randn(4, 2, 4000, generator=g) * 0.1}
     return method.training_step(method.student, batch, 0, 0, g)
@@ -157,3 +161,25 @@ def test_dino_step_adds_the_embedding_regularisers_when_weighted():
     want = plain + 2.0 * stats["diversity"] + 0.5 * stats["decorrelation"]
     assert both.item() == pytest.approx(want.item(), rel=1e-5)
     assert stats["diversity"].item() > 0 and stats["decorrelation"].item() > 0
+
+
+@pytest.mark.parametrize("views", ["augmented", "clean"])
+def test_the_teacher_sees_the_augmented_or_the_clean_global_crops(views):
+    from cdino.frontend.fbank import FbankConfig
+    from cdino.methods.base import FeatureFrontend
+
+    class MarkedFrontend(FeatureFrontend):  # "augmentation" adds 1 to every feature
+        def forward(self, wave, augment=True, generator=None):
+            return super().forward(wave, False, generator) + (1.0 if augment else 0.0)
+
+    frontend = MarkedFrontend(FbankConfig(), None, None)
+    method = _dino_method(frontend, augment=True, teacher_views=views)
+    seen = {}
+    method.teacher.register_forward_pre_hook(lambda mod, args: seen.setdefault("teacher", args[0].clone()))
+    method.student.register_forward_pre_hook(lambda mod, args: seen.setdefault("student", args[0].clone()))
+    g = torch.Generator().manual_seed(0)
+    batch = {"global": torch.randn(4, 2, 8000, generator=g) * 0.1, "local": torch.zeros(4, 0, 4000)}
+    method.training_step(method.student, batch, 0, 0, g)
+    clean = frontend(batch["global"], augment=False)
+    torch.testing.assert_close(seen["student"], clean + 1.0)  # the student always gets augmented crops
+    torch.testing.assert_close(seen["teacher"], clean + 1.0 if views == "augmented" else clean)

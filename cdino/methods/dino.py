@@ -55,6 +55,7 @@ class DinoConfig:
     ema_end: float = 1.0  # teacher momentum at the last step
     freeze_last_layer_epochs: int = 1  # the prototype layer gets no updates in these first epochs
     augment: bool = True  # augment every crop (reverb / noise) on the device
+    teacher_views: Literal["augmented", "clean"] = "augmented"  # what the teacher sees of the global crops: the student's augmented crops, or the same crops before augmentation (clean targets for the student's augmented views)
     diversity_weight: float = 0.0  # RDINO's diversity term: weight of mean(relu(1 - std)) of the student's embeddings over the batch (0: plain DINO)
     decorrelation_weight: float = 0.0  # RDINO's redundancy-elimination term: weight of the squared off-diagonal covariance of those embeddings, summed, / dim
     collapse_mi: float = 1e-3  # collapse when I(input; prototype) of the teacher stays below this (nats) ...
@@ -192,7 +193,8 @@ class DinoMethod(Method):
         else:
             s_out = student(g, loc)
         with torch.no_grad():
-            t_out = self.teacher(g).float()
+            t_in = g if self.dc.teacher_views == "augmented" else fe(batch["global"], augment=False)
+            t_out = self.teacher(t_in).float()
         tt = self.teacher_temp(step)
         loss = dino_loss(s_out, t_out, self.center, self.dc.student_temp, tt)
         extra = {}
