@@ -2,9 +2,9 @@
 
 Takes the true speaker labels of a training folder, replaces a fraction ``p`` of them by
 random other speakers (the noise a clustering makes, without its structure), and trains
-one DLG-LC-style round from a given model with each gate setting (``off``, ``fixed_gate``:
-the study's fixed threshold, ``dlg``: dynamic gate without correction, ``dlg_lc``), as the recipe's pseudo stage would; prints
-one JSON object with the dev EER of every (p, setting) and, from the true labels (a
+one DLG-LC-style round from a given model with each gate setting (``gate_off``,
+``fixed_gate``: the study's fixed threshold, ``dlg``: dynamic gate without correction,
+``dlg_lc``), as the recipe's pseudo stage would; prints one JSON object with the dev EER of every (p, setting) and, from the true labels (a
 diagnostic), the gate's precision and recall in the last epoch. This measures the gate's
 gain as a function of label noise, which the study's claims depend on.
 

@@ -17,11 +17,10 @@ recipe = {0: json.loads((evals / "s38_freeze0.json").read_text())["eer"],
           1: json.loads((evals / "s38_freeze0_s1.json").read_text())["eer"],
           2: arms(here.parent.parent / "demo_seeds" / "run_dino_s2.json")["freeze0_s2"]["dev_eer"],
           3: runs["rec_s3"]["dev_eer"], 4: runs["rec_s4"]["dev_eer"]}
-settings = {"tclean": "tclean", "g3x135": "g3x135", "g3chan": "g3chan", "chan_full": "chan_full"}
 s39 = {a["arm"]: a for n in ("run_a.json", "run_b.json", "run_c.json")
        for a in json.loads((here.parent / "stage1_s39" / n).read_text())["arms"]}
 out = {"recipe": {"dev_eer": recipe, "mean": sum(recipe.values()) / len(recipe)}}
-for arm in settings:
+for arm in ("tclean", "g3x135", "g3chan", "chan_full"):
     eer = {}
     for seed in range(5):
         key = arm if seed == 0 else f"{arm}_s{seed}"
